@@ -1,0 +1,18 @@
+"""The ``lengthwise`` console script. Each package owns its own subcommands."""
+
+from __future__ import annotations
+
+import typer
+
+from predictor.cli import app as predictor_app
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+app.add_typer(predictor_app, name="predictor", help="Train, evaluate and query the length predictor.")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

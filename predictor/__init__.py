@@ -1,0 +1,1 @@
+"""Response-length prediction trained on CASTILLO statistics."""

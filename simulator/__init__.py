@@ -1,0 +1,1 @@
+"""Discrete-event simulator of the gateway in front of vLLM-like engines."""
