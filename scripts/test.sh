@@ -4,4 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+
+# The observability test runs the real Prometheus (Debian's package) against
+# the project's scrape config and evaluates every dashboard and alert query.
+if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
+    echo "==> installing Debian's prometheus"
+    if [ "$(id -u)" = 0 ]; then SUDO=(); else SUDO=(sudo -n); fi
+    "${SUDO[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
 exec .venv/bin/python -m pytest -q -ra "$@"
