@@ -1,0 +1,146 @@
+"""The simulated gateway: the live gateway's policy module on virtual time.
+
+All ordering, admission and routing decisions are made by ``server.policy``
+(``PolicyQueue``, ``can_admit``/``pick_worker``, ``engine_priority``); this
+module only moves requests and keeps the per-worker in-flight counts those
+functions read. With unlimited admission (the default) every request goes
+straight to a worker's own waiting queue, as with plain vLLM; the policy's
+rank still reaches the engine as vLLM's ``priority``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from server.policy import (
+    AdmissionLimits,
+    PolicyQueue,
+    QueuedRequest,
+    QueueFull,
+    SortKey,
+    WorkerLoad,
+    engine_priority,
+    pick_worker,
+)
+
+from .replica import Replica, Seq
+from .trace import SimRequest
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    """Everything the report needs about one request (times in seconds)."""
+
+    request: SimRequest
+    predicted_tokens: float
+    enqueue_time: float | None = None
+    dispatch_time: float | None = None
+    worker_id: str | None = None
+    priority: int | None = None
+    seq: Seq | None = None
+    dropped: str | None = None
+
+
+class SimGateway:
+    """Gateway queue + admission + routing over simulated replicas."""
+
+    def __init__(
+        self,
+        queue: PolicyQueue,
+        limits: AdmissionLimits,
+        replicas: list[Replica],
+        max_model_tokens: int,
+        epoch: float = 0.0,
+    ) -> None:
+        self.queue = queue
+        self.limits = limits
+        self.replicas = {r.worker_id: r for r in replicas}
+        self.max_model_tokens = max_model_tokens
+        self.epoch = epoch
+        self._loads = {
+            r.worker_id: WorkerLoad(r.worker_id, True, 0, 0.0) for r in replicas
+        }
+        self._records: dict[str, RequestRecord] = {}
+        self._keys: dict[str, SortKey] = {}
+        self.dispatch_order: list[str] = []
+        self.completed = 0
+        self.dropped = 0
+        for r in replicas:
+            r.on_finish = self._on_finish
+
+    @property
+    def records(self) -> dict[str, RequestRecord]:
+        return self._records
+
+    @property
+    def in_flight(self) -> int:
+        return sum(load.in_flight_sequences for load in self._loads.values())
+
+    def on_arrival(self, now: float, record: RequestRecord) -> None:
+        req = record.request
+        self._records[req.request_id] = record
+        if req.prompt_tokens + req.output_tokens > self.max_model_tokens:
+            # vLLM rejects a request whose prompt + max_tokens exceed
+            # max_model_len; here that is the KV capacity, since a lone
+            # request that cannot fit would otherwise block its worker forever.
+            record.dropped = "exceeds max model length / KV capacity"
+            self.dropped += 1
+            return
+        qr = QueuedRequest(
+            request_id=req.request_id,
+            arrival_time=req.arrival_time,
+            predicted_tokens=record.predicted_tokens,
+            prompt_tokens=req.prompt_tokens,
+        )
+        try:
+            self._keys[req.request_id] = self.queue.push(qr)
+        except QueueFull:
+            record.dropped = "gateway queue full"
+            self.dropped += 1
+            return
+        record.enqueue_time = now
+        self._dispatch(now)
+
+    def _dispatch(self, now: float) -> None:
+        queue = self.queue
+        loads = self._loads
+        while len(queue):
+            head = queue.peek()
+            worker_id = pick_worker(loads.values(), head, self.limits)
+            if worker_id is None:
+                return
+            queue.pop()
+            self._send(now, head, worker_id)
+
+    def _send(self, now: float, qr: QueuedRequest, worker_id: str) -> None:
+        record = self._records[qr.request_id]
+        key = self._keys.pop(qr.request_id)
+        priority = engine_priority(key, self.epoch)
+        load = self._loads[worker_id]
+        self._loads[worker_id] = WorkerLoad(
+            worker_id,
+            load.healthy,
+            load.in_flight_sequences + 1,
+            load.in_flight_predicted_tokens + qr.predicted_tokens,
+        )
+        req = record.request
+        seq = Seq(req.request_id, req.prompt_tokens, req.output_tokens, priority, now, record)
+        record.dispatch_time = now
+        record.worker_id = worker_id
+        record.priority = priority
+        record.seq = seq
+        self.dispatch_order.append(qr.request_id)
+        self.replicas[worker_id].add_request(seq, now)
+
+    def _on_finish(self, replica: Replica, seq: Seq, now: float) -> None:
+        record: RequestRecord = seq.payload  # type: ignore[assignment]
+        load = self._loads[replica.worker_id]
+        self._loads[replica.worker_id] = WorkerLoad(
+            load.worker_id,
+            load.healthy,
+            load.in_flight_sequences - 1,
+            max(0.0, load.in_flight_predicted_tokens - record.predicted_tokens),
+        )
+        self.completed += 1
+        if len(self.queue):
+            self._dispatch(now)

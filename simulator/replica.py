@@ -1,0 +1,386 @@
+"""A vLLM-V1-like engine: continuous batching, chunked prefill, paged KV, preemption.
+
+It follows ``vllm/v1/core/sched/scheduler.py`` (vllm 0.32) ``Scheduler.schedule``:
+
+* There are no prefill/decode phases. Each request has ``num_computed_tokens``
+  and ``num_tokens`` (prompt + generated so far); every step tries to let
+  ``num_computed_tokens`` catch up.
+* RUNNING requests are scheduled first, in running-list order, each taking
+  ``min(num_tokens - num_computed, token_budget)`` tokens (chunked prefill;
+  ``long_prefill_token_threshold`` = 0, vLLM's default).
+* KV slots are allocated in blocks of ``block_size`` tokens
+  (``kv_cache_manager.allocate_slots``: blocks for ``num_computed + new``
+  tokens). When blocks run out, a victim is preempted *by recompute*: its
+  blocks are freed, ``num_computed_tokens`` resets to 0 and it goes to the
+  front of the waiting queue. The victim is ``running[-1]`` under FCFS, the
+  max ``(priority, arrival_time)`` under the priority policy; the choice is
+  :func:`server.policy.choose_preemption_victim`. If the request being
+  scheduled is itself the victim, running-request scheduling stops.
+* WAITING requests are admitted only if nothing was preempted this step, while
+  token budget remains and fewer than ``max_num_seqs`` requests run; the first
+  one whose blocks do not fit stops admission (head-of-line, as vLLM).
+* The waiting queue is FCFS (deque) or priority (heap on ``(priority,
+  arrival_time, request_id)``, ``vllm/v1/request.py`` ``Request.__lt__``).
+* After the forward pass, a request whose ``num_computed_tokens`` reached
+  ``num_tokens`` samples one token (the first one ends its prefill). It
+  finishes when it has ``output_tokens`` tokens. A resumed (preempted)
+  request re-prefills prompt + generated tokens, then samples the next one.
+
+Steps run synchronously (no async scheduling overlap): a step's tokens are
+emitted when its forward pass ends, and the next step is scheduled then.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from server.policy import EngineQueueMode, RunningSeq, choose_preemption_victim
+
+from .events import EventLoop, Phase
+from .latency import BatchShape, StepLatencyModel
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """vLLM engine arguments the simulator models."""
+
+    #: ``--max-num-seqs``: most requests in the running batch
+    max_num_seqs: int = 256
+    #: ``--max-num-batched-tokens``: per-step token budget
+    max_num_batched_tokens: int = 2048
+    #: KV cache capacity in tokens (``num_gpu_blocks * block_size``)
+    kv_cache_tokens: int = 262_144
+    #: ``--block-size``: tokens per KV block
+    block_size: int = 16
+    #: ``--scheduling-policy``: waiting-queue order and preemption victim choice
+    queue_mode: EngineQueueMode = EngineQueueMode.FCFS
+
+    def __post_init__(self) -> None:
+        if self.max_num_seqs < 1 or self.max_num_batched_tokens < 1 or self.block_size < 1:
+            raise ValueError("max_num_seqs, max_num_batched_tokens and block_size must be >= 1")
+        if self.kv_cache_tokens < self.block_size:
+            raise ValueError("kv_cache_tokens must hold at least one block")
+
+    @property
+    def num_blocks(self) -> int:
+        return self.kv_cache_tokens // self.block_size
+
+
+class Seq:
+    """Engine-side state of one request (vLLM's ``Request``)."""
+
+    __slots__ = (
+        "request_id",
+        "prompt_tokens",
+        "output_tokens",
+        "priority",
+        "engine_arrival",
+        "num_tokens",
+        "num_computed",
+        "num_generated",
+        "num_blocks",
+        "first_scheduled",
+        "first_token",
+        "finished",
+        "preemptions",
+        "payload",
+    )
+
+    def __init__(
+        self,
+        request_id: str,
+        prompt_tokens: int,
+        output_tokens: int,
+        priority: int,
+        engine_arrival: float,
+        payload: object = None,
+    ) -> None:
+        self.request_id = request_id
+        self.prompt_tokens = prompt_tokens
+        self.output_tokens = output_tokens
+        self.priority = priority
+        self.engine_arrival = engine_arrival
+        self.num_tokens = prompt_tokens
+        self.num_computed = 0
+        self.num_generated = 0
+        self.num_blocks = 0
+        self.first_scheduled: float | None = None
+        self.first_token: float | None = None
+        self.finished: float | None = None
+        self.preemptions = 0
+        self.payload = payload
+
+    def __lt__(self, other: "Seq") -> bool:
+        # vLLM Request.__lt__: priority, then arrival_time, then request_id.
+        return (self.priority, self.engine_arrival, self.request_id) < (
+            other.priority,
+            other.engine_arrival,
+            other.request_id,
+        )
+
+
+class _FCFSQueue:
+    """vLLM ``FCFSRequestQueue``: a deque; preempted requests go to the front."""
+
+    def __init__(self) -> None:
+        self._q: deque[Seq] = deque()
+
+    def add(self, seq: Seq) -> None:
+        self._q.append(seq)
+
+    def prepend(self, seq: Seq) -> None:
+        self._q.appendleft(seq)
+
+    def peek(self) -> Seq:
+        return self._q[0]
+
+    def pop(self) -> Seq:
+        return self._q.popleft()
+
+    def __len__(self) -> int:
+        return len(self._q)
+
+
+class _PriorityQueue:
+    """vLLM ``PriorityRequestQueue``: a heap; prepend is just add."""
+
+    def __init__(self) -> None:
+        self._h: list[Seq] = []
+
+    def add(self, seq: Seq) -> None:
+        heapq.heappush(self._h, seq)
+
+    prepend = add
+
+    def peek(self) -> Seq:
+        return self._h[0]
+
+    def pop(self) -> Seq:
+        return heapq.heappop(self._h)
+
+    def __len__(self) -> int:
+        return len(self._h)
+
+
+@dataclass(slots=True)
+class StepRecord:
+    """One step, for invariant checks (kept only when ``record_steps`` is on)."""
+
+    start: float
+    end: float
+    num_scheduled_tokens: int
+    num_running: int
+    used_blocks: int
+
+
+FinishCallback = Callable[["Replica", Seq, float], None]
+
+
+class Replica:
+    """One simulated vLLM worker on the shared event loop."""
+
+    def __init__(
+        self,
+        worker_id: str,
+        config: EngineConfig,
+        latency: StepLatencyModel,
+        loop: EventLoop,
+        on_finish: FinishCallback,
+        record_steps: bool = False,
+    ) -> None:
+        self.worker_id = worker_id
+        self.config = config
+        self.latency = latency
+        self.loop = loop
+        self.on_finish = on_finish
+        self.waiting: _FCFSQueue | _PriorityQueue = (
+            _PriorityQueue() if config.queue_mode == EngineQueueMode.PRIORITY else _FCFSQueue()
+        )
+        self.running: list[Seq] = []
+        self.total_blocks = config.num_blocks
+        self.free_blocks = self.total_blocks
+        self.busy = False
+        self._step_pending = False
+        self._scheduled: list[Seq] = []
+        self._scheduled_n: list[int] = []
+        # statistics
+        self.num_steps = 0
+        self.num_preemptions = 0
+        self.peak_used_blocks = 0
+        self.busy_time = 0.0
+        self.generated_tokens = 0
+        self.record_steps = record_steps
+        self.steps: list[StepRecord] = []
+
+    # --- requests in -------------------------------------------------------
+
+    def add_request(self, seq: Seq, now: float) -> None:
+        """The gateway dispatched ``seq`` (vLLM ``add_request``)."""
+        self.waiting.add(seq)
+        self._wake(now)
+
+    def _wake(self, now: float) -> None:
+        if not self.busy and not self._step_pending:
+            self._step_pending = True
+            self.loop.schedule(now, Phase.STEP_START, self._start_step)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting)
+
+    @property
+    def used_blocks(self) -> int:
+        return self.total_blocks - self.free_blocks
+
+    # --- one step -----------------------------------------------------------
+
+    def _preempt(self, victim: Seq) -> None:
+        self.free_blocks += victim.num_blocks
+        victim.num_blocks = 0
+        victim.num_computed = 0
+        victim.preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.prepend(victim)
+
+    def _choose_victim(self) -> int:
+        running = self.running
+        if self.config.queue_mode == EngineQueueMode.FCFS:
+            # choose_preemption_victim returns the tail under FCFS; skip
+            # building the view list for the common case.
+            return len(running) - 1
+        view = [RunningSeq(s.request_id, s.priority, s.engine_arrival) for s in running]
+        return choose_preemption_victim(view, self.config.queue_mode)
+
+    def schedule(self) -> tuple[list[Seq], list[int]]:
+        """One call of vLLM's ``Scheduler.schedule``; allocates KV blocks."""
+        cfg = self.config
+        bs = cfg.block_size
+        budget = cfg.max_num_batched_tokens
+        running = self.running
+        sched: list[Seq] = []
+        sched_n: list[int] = []
+        preempted = False
+        free = self.free_blocks
+        i = 0
+        while i < len(running) and budget > 0:
+            seq = running[i]
+            n = seq.num_tokens - seq.num_computed
+            if n > budget:
+                n = budget
+            need = (seq.num_computed + n + bs - 1) // bs - seq.num_blocks
+            scheduled_self = True
+            while need > free:
+                self.free_blocks = free
+                v = self._choose_victim()
+                victim = running.pop(v)
+                if victim is not seq and victim.num_blocks and victim in sched:
+                    # Priority mode may pick a request already scheduled this
+                    # step: give its tokens back (vLLM restores token_budget).
+                    j = sched.index(victim)
+                    budget += sched_n[j]
+                    del sched[j]
+                    del sched_n[j]
+                if v < i:
+                    i -= 1
+                self._preempt(victim)
+                free = self.free_blocks
+                preempted = True
+                if victim is seq:
+                    scheduled_self = False
+                    break
+            if not scheduled_self:
+                break
+            free -= need
+            seq.num_blocks += need
+            sched.append(seq)
+            sched_n.append(n)
+            budget -= n
+            i += 1
+
+        if not preempted:
+            waiting = self.waiting
+            max_seqs = cfg.max_num_seqs
+            while budget > 0 and len(waiting) and len(running) < max_seqs:
+                seq = waiting.peek()
+                n = seq.num_tokens - seq.num_computed
+                if n > budget:
+                    n = budget
+                need = (seq.num_computed + n + bs - 1) // bs - seq.num_blocks
+                if need > free:
+                    break
+                waiting.pop()
+                running.append(seq)
+                free -= need
+                seq.num_blocks += need
+                sched.append(seq)
+                sched_n.append(n)
+                budget -= n
+        self.free_blocks = free
+        return sched, sched_n
+
+    def _start_step(self, now: float, _payload: object = None) -> None:
+        self._step_pending = False
+        sched, sched_n = self.schedule()
+        if not sched:
+            self.busy = False
+            return
+        for seq in sched:
+            if seq.first_scheduled is None:
+                seq.first_scheduled = now
+        prefill_chunks: list[int] = []
+        prefill_ctx: list[int] = []
+        num_decode = 0
+        decode_kv = 0
+        for seq, n in zip(sched, sched_n):
+            c = seq.num_computed
+            if n == 1 and c + 1 == seq.num_tokens and c >= seq.prompt_tokens:
+                num_decode += 1
+                decode_kv += c + 1
+            else:
+                prefill_chunks.append(n)
+                prefill_ctx.append(c)
+        dt = self.latency.step_time(BatchShape(prefill_chunks, prefill_ctx, num_decode, decode_kv))
+        used = self.total_blocks - self.free_blocks
+        if used > self.peak_used_blocks:
+            self.peak_used_blocks = used
+        end = now + dt
+        if self.record_steps:
+            self.steps.append(StepRecord(now, end, sum(sched_n), len(self.running), used))
+        self.busy = True
+        self.num_steps += 1
+        self.busy_time += dt
+        self._scheduled = sched
+        self._scheduled_n = sched_n
+        self.loop.schedule(end, Phase.STEP_END, self._end_step)
+
+    def _end_step(self, now: float, _payload: object = None) -> None:
+        """vLLM ``update_from_output``: advance tokens, sample, finish."""
+        finished: list[Seq] = []
+        generated = 0
+        for seq, n in zip(self._scheduled, self._scheduled_n):
+            seq.num_computed += n
+            if seq.num_computed >= seq.num_tokens:
+                seq.num_generated += 1
+                seq.num_tokens += 1
+                generated += 1
+                if seq.first_token is None:
+                    seq.first_token = now
+                if seq.num_generated >= seq.output_tokens:
+                    seq.finished = now
+                    finished.append(seq)
+        self.generated_tokens += generated
+        self._scheduled = []
+        self._scheduled_n = []
+        self.busy = False
+        if finished:
+            done = set(map(id, finished))
+            self.running = [s for s in self.running if id(s) not in done]
+            for seq in finished:
+                self.free_blocks += seq.num_blocks
+                seq.num_blocks = 0
+                self.on_finish(self, seq, now)
+        if self.running or len(self.waiting):
+            self._wake(now)

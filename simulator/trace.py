@@ -1,0 +1,229 @@
+"""Trace loaders: every supported format becomes a list of :class:`SimRequest`.
+
+Supported inputs (``load_trace`` picks by content, not only by extension):
+
+* Azure LLM inference trace 2023 CSV: ``TIMESTAMP,ContextTokens,GeneratedTokens``.
+* Mooncake JSONL: ``timestamp`` (ms), ``input_length``, ``output_length``.
+* Generic CSV or JSONL: ``arrival_time_s`` or ``arrival_time_ns``, ``input_tokens``,
+  ``output_tokens``, optional ``prompt_text``, ``model``, ``predicted_tokens``.
+* The gateway's JSONL request log (``server/request_log.py``): one record per
+  finished request with its arrival time, prompt tokens, predicted and actual
+  completion tokens. See :func:`load_request_log`.
+
+Arrival times are shifted so the first request arrives at ``t = 0`` seconds.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class SimRequest:
+    """One request to replay. Times in seconds, lengths in tokens."""
+
+    request_id: str
+    arrival_time: float
+    prompt_tokens: int
+    output_tokens: int
+    #: the length the scheduler ranks by; ``None`` until a prediction source fills it
+    predicted_tokens: float | None = None
+    prompt_text: str | None = None
+    model: str | None = None
+
+
+class TraceFormatError(ValueError):
+    """The file is not in any supported trace format."""
+
+
+def load_trace(path: str | Path, limit: int | None = None) -> list[SimRequest]:
+    """Load any supported trace format; see the module docstring."""
+    path = Path(path)
+    if not path.is_file():
+        raise TraceFormatError(f"trace file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json", ".ndjson"):
+        records = _read_jsonl(path)
+    elif suffix == ".csv":
+        records = _read_csv(path)
+    else:
+        raise TraceFormatError(f"unsupported trace extension {suffix!r} (use .csv or .jsonl)")
+    first = next(records, None)
+    if first is None:
+        raise TraceFormatError(f"trace {path} is empty")
+    parser = _pick_parser(first, path)
+    requests = []
+    for i, rec in enumerate(_chain([first], records)):
+        if limit is not None and i >= limit:
+            break
+        try:
+            requests.append(parser(i, rec))
+        except (KeyError, ValueError, TypeError) as exc:
+            raise TraceFormatError(f"{path}: record {i + 1}: {exc!r}") from exc
+    return normalise(requests)
+
+
+def normalise(requests: list[SimRequest]) -> list[SimRequest]:
+    """Sort by arrival (stable) and shift so the first arrival is at t = 0."""
+    if not requests:
+        return []
+    requests = sorted(requests, key=lambda r: r.arrival_time)
+    t0 = requests[0].arrival_time
+    if t0 == 0:
+        return requests
+    return [replace(r, arrival_time=r.arrival_time - t0) for r in requests]
+
+
+def _chain(head: list[dict], tail: Iterator[dict]) -> Iterator[dict]:
+    yield from head
+    yield from tail
+
+
+def _read_csv(path: Path) -> Iterator[dict]:
+    with path.open(newline="", encoding="utf-8") as fh:
+        yield from csv.DictReader(fh)
+
+
+def _read_jsonl(path: Path) -> Iterator[dict]:
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise TraceFormatError(f"{path}:{lineno}: not JSON: {exc}") from exc
+            if not isinstance(rec, dict):
+                raise TraceFormatError(f"{path}:{lineno}: expected a JSON object")
+            yield rec
+
+
+def _pick_parser(first: dict, path: Path):
+    keys = set(first)
+    if {"TIMESTAMP", "ContextTokens", "GeneratedTokens"} <= keys:
+        return _azure
+    if {"timestamp", "input_length", "output_length"} <= keys:
+        return _mooncake
+    if REQUEST_LOG_FIELDS.arrival in keys and REQUEST_LOG_FIELDS.prompt_tokens in keys:
+        return _request_log
+    if {"input_tokens", "output_tokens"} <= keys and (
+        "arrival_time_s" in keys or "arrival_time_ns" in keys
+    ):
+        return _generic
+    raise TraceFormatError(
+        f"{path}: unrecognised columns {sorted(keys)}; expected Azure 2023 "
+        "(TIMESTAMP,ContextTokens,GeneratedTokens), Mooncake (timestamp,input_length,"
+        "output_length), generic (arrival_time_s|arrival_time_ns,input_tokens,output_tokens)"
+        " or the gateway request log"
+    )
+
+
+def _tokens(value: object, name: str) -> int:
+    n = int(float(value))  # CSV gives strings; "12.0" is accepted
+    if n < 0:
+        raise ValueError(f"{name} must be non-negative, got {n}")
+    return n
+
+
+def _azure_time(text: str) -> float:
+    # Azure writes 7 fractional digits; datetime accepts at most 6.
+    date, _, frac = text.strip().partition(".")
+    base = datetime.fromisoformat(date).timestamp()
+    return base + (float("0." + frac) if frac else 0.0)
+
+
+def _azure(i: int, rec: dict) -> SimRequest:
+    return SimRequest(
+        request_id=f"r{i}",
+        arrival_time=_azure_time(rec["TIMESTAMP"]),
+        prompt_tokens=_tokens(rec["ContextTokens"], "ContextTokens"),
+        output_tokens=max(1, _tokens(rec["GeneratedTokens"], "GeneratedTokens")),
+    )
+
+
+def _mooncake(i: int, rec: dict) -> SimRequest:
+    return SimRequest(
+        request_id=f"r{i}",
+        arrival_time=float(rec["timestamp"]) / 1000.0,
+        prompt_tokens=_tokens(rec["input_length"], "input_length"),
+        output_tokens=max(1, _tokens(rec["output_length"], "output_length")),
+    )
+
+
+def _optional_float(value: object) -> float | None:
+    if value is None or value == "":
+        return None
+    return float(value)
+
+
+def _generic(i: int, rec: dict) -> SimRequest:
+    if rec.get("arrival_time_s") not in (None, ""):
+        arrival = float(rec["arrival_time_s"])
+    else:
+        arrival = float(rec["arrival_time_ns"]) / 1e9
+    return SimRequest(
+        request_id=str(rec.get("request_id") or f"r{i}"),
+        arrival_time=arrival,
+        prompt_tokens=_tokens(rec["input_tokens"], "input_tokens"),
+        output_tokens=max(1, _tokens(rec["output_tokens"], "output_tokens")),
+        predicted_tokens=_optional_float(rec.get("predicted_tokens")),
+        prompt_text=rec.get("prompt_text") or None,
+        model=rec.get("model") or None,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RequestLogFields:
+    """Field names of the gateway's JSONL request log (``server/request_log.py``)."""
+
+    arrival: str = "arrival_time_s"
+    prompt_tokens: str = "prompt_tokens"
+    predicted_tokens: str = "predicted_tokens"
+    completion_tokens: str = "completion_tokens"
+    request_id: str = "request_id"
+    model: str = "model"
+
+
+REQUEST_LOG_FIELDS = RequestLogFields()
+
+
+def _request_log(i: int, rec: dict) -> SimRequest:
+    f = REQUEST_LOG_FIELDS
+    return SimRequest(
+        request_id=str(rec.get(f.request_id) or f"r{i}"),
+        arrival_time=float(rec[f.arrival]),
+        prompt_tokens=_tokens(rec[f.prompt_tokens], f.prompt_tokens),
+        output_tokens=max(1, _tokens(rec[f.completion_tokens], f.completion_tokens)),
+        predicted_tokens=_optional_float(rec.get(f.predicted_tokens)),
+        model=rec.get(f.model) or None,
+    )
+
+
+def load_request_log(path: str | Path) -> list[SimRequest]:
+    """The gateway's request log; an alias of :func:`load_trace` kept for clarity."""
+    return load_trace(path)
+
+
+def write_generic_jsonl(requests: Iterable[SimRequest], path: str | Path) -> None:
+    """Write requests in the generic JSONL format (round-trips through ``load_trace``)."""
+    with Path(path).open("w", encoding="utf-8") as fh:
+        for r in requests:
+            rec = {
+                "request_id": r.request_id,
+                "arrival_time_s": r.arrival_time,
+                "input_tokens": r.prompt_tokens,
+                "output_tokens": r.output_tokens,
+            }
+            if r.predicted_tokens is not None:
+                rec["predicted_tokens"] = r.predicted_tokens
+            if r.prompt_text is not None:
+                rec["prompt_text"] = r.prompt_text
+            if r.model is not None:
+                rec["model"] = r.model
+            fh.write(json.dumps(rec) + "\n")
