@@ -1,0 +1,277 @@
+"""Start, watch and stop one local vLLM CPU worker as a child process.
+
+Used by ``lengthwise serve`` (the default single local worker) and by the test
+suite's session fixture. The worker is vLLM's own OpenAI server
+(``python -m vllm.entrypoints.openai.api_server``: the ``vllm`` console script
+does not start on this CPU build), run in its own process group so that
+stopping it also stops the engine-core process vLLM forks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from server.local_model import SERVED_MODEL_NAME
+
+# The V1-runner EDT processor: the CPU build of vLLM runs the V1 model runner.
+EDT_LOGITS_PROCESSOR_V1 = "server.edt.vllm_v1:EntropyDynamicTemperatureLogitsProcessor"
+# The Model Runner V2 processor, for GPU workers started by operators.
+EDT_LOGITS_PROCESSOR_MRV2 = "server.edt.vllm_mrv2:EntropyDynamicTemperatureLogitsProcessorV2"
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class WorkerStartError(RuntimeError):
+    """The worker exited or did not become healthy in time; carries its log tail."""
+
+    def __init__(self, message: str, log_tail: str) -> None:
+        super().__init__(f"{message}\n--- worker log tail ---\n{log_tail}")
+        self.log_tail = log_tail
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Everything that decides how a local vLLM CPU worker is started."""
+
+    model_path: Path
+    """Hugging Face model folder (see ``server.local_model``)."""
+    served_model_name: str = SERVED_MODEL_NAME
+    """Model name clients send; also what ``/v1/models`` reports."""
+    host: str = "127.0.0.1"
+    port: int = 8100
+    max_model_len: int = 4096
+    """Context length; SmolLM2 supports 8192 but 4096 keeps the KV cache small."""
+    max_num_seqs: int = 64
+    """Upper bound on concurrently decoded sequences inside the worker."""
+    kv_cache_space_gib: int = 2
+    """``VLLM_CPU_KVCACHE_SPACE``: CPU memory reserved for the KV cache."""
+    omp_threads_bind: str = "nobind"
+    """``VLLM_CPU_OMP_THREADS_BIND``: ``nobind`` leaves threads unpinned so the
+    worker shares a small machine with the gateway; ``auto`` or a CPU list
+    (``"0-7"``) pins them, which suits a dedicated host."""
+    scheduling_policy: str = "priority"
+    """vLLM's queue policy; ``priority`` lets the gateway's rank hold inside it."""
+    enforce_eager: bool = True
+    """Skip graph compilation: start-up ~35 s instead of ~2.5 min on CPU."""
+    logits_processors: tuple[str, ...] = (EDT_LOGITS_PROCESSOR_V1,)
+    """Fully qualified ``module:Class`` names passed to ``--logits-processors``."""
+    additional_config: dict | None = None
+    """JSON for ``--additional-config``; ``{"edt": {"theta": .., "n": ..}}`` sets
+    the worker-wide EDT default for requests that do not say otherwise."""
+    extra_args: tuple[str, ...] = ()
+    """Further vLLM command-line arguments, appended last."""
+    log_path: Path | None = None
+    """Where the worker's stdout/stderr go; a temporary file when ``None``."""
+    startup_timeout_s: float = 240.0
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def command(self) -> list[str]:
+        cmd = [
+            sys.executable,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            str(self.model_path),
+            "--served-model-name",
+            self.served_model_name,
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--max-model-len",
+            str(self.max_model_len),
+            "--max-num-seqs",
+            str(self.max_num_seqs),
+            "--scheduling-policy",
+            self.scheduling_policy,
+            "--disable-log-stats",
+        ]
+        if self.enforce_eager:
+            cmd.append("--enforce-eager")
+        if self.logits_processors:
+            cmd += ["--logits-processors", *self.logits_processors]
+        if self.additional_config:
+            cmd += ["--additional-config", json.dumps(self.additional_config)]
+        cmd += list(self.extra_args)
+        return cmd
+
+    def environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.kv_cache_space_gib))
+        env.setdefault("VLLM_CPU_OMP_THREADS_BIND", self.omp_threads_bind)
+        # The processor classes live in this repository; make them importable
+        # whatever the caller's working directory is.
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p
+        )
+        # Nothing can be fetched from a model hub here; fail fast instead of retrying.
+        env.setdefault("HF_HUB_OFFLINE", "1")
+        env.setdefault("VLLM_NO_USAGE_STATS", "1")
+        env.update(self.extra_env)
+        return env
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def is_healthy(base_url: str, timeout_s: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"{base_url}/health", timeout=timeout_s) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+        return False
+
+
+def read_tail(path: Path, max_bytes: int = 6000) -> str:
+    try:
+        with path.open("rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - max_bytes))
+            return fh.read().decode("utf-8", errors="replace")
+    except OSError:
+        return "(no log)"
+
+
+class WorkerProcess:
+    """One running vLLM worker. Use as a context manager or call start()/stop()."""
+
+    def __init__(self, config: WorkerConfig) -> None:
+        self.config = config
+        self.log_path = config.log_path or Path(
+            os.environ.get("TMPDIR", "/tmp")
+        ) / f"lengthwise-vllm-{config.port}.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return self.config.base_url
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self) -> None:
+        if self.running():
+            return
+        if is_healthy(self.base_url, timeout_s=0.5):
+            raise WorkerStartError(
+                f"something already answers on {self.base_url}; pick another port", ""
+            )
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("wb")
+        try:
+            self._proc = subprocess.Popen(
+                self.config.command(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self.config.environment(),
+                start_new_session=True,  # own process group: stop() reaches the engine core
+            )
+        finally:
+            log.close()
+        self.wait_healthy()
+
+    def wait_healthy(self) -> None:
+        deadline = time.monotonic() + self.config.startup_timeout_s
+        while time.monotonic() < deadline:
+            if self._proc is not None and self._proc.poll() is not None:
+                code = self._proc.returncode
+                self._proc = None
+                raise WorkerStartError(
+                    f"vLLM worker exited with code {code} during start-up",
+                    read_tail(self.log_path),
+                )
+            if is_healthy(self.base_url):
+                return
+            time.sleep(1.0)
+        tail = read_tail(self.log_path)
+        self.stop()
+        raise WorkerStartError(
+            f"vLLM worker not healthy after {self.config.startup_timeout_s:.0f} s", tail
+        )
+
+    def stop(self, grace_s: float = 20.0) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        pgid = os.getpgid(proc.pid)
+        os.killpg(pgid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(pgid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        # The engine core may outlive the API server by a moment; make sure the
+        # whole group is gone so its memory and cores are released.
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def __enter__(self) -> WorkerProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m server.worker_process [--port P] [--no-edt]``: run a worker in the foreground."""
+    import argparse
+
+    from server.local_model import prepare_local_model
+
+    parser = argparse.ArgumentParser(prog="python -m server.worker_process")
+    parser.add_argument("--port", type=int, default=8100)
+    parser.add_argument("--no-edt", action="store_true", help="do not load the EDT processor")
+    parser.add_argument("--log", type=Path, default=None, help="worker log file")
+    args = parser.parse_args(argv)
+    model = prepare_local_model()
+    config = WorkerConfig(
+        model_path=model.path,
+        port=args.port,
+        logits_processors=() if args.no_edt else (EDT_LOGITS_PROCESSOR_V1,),
+        log_path=args.log,
+    )
+    stop_signals = {signal.SIGINT, signal.SIGTERM}
+    # Block first so a signal arriving during start-up is not lost.
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+    worker = WorkerProcess(config)
+    try:
+        worker.start()
+        print(
+            f"vLLM worker {config.served_model_name} at {worker.base_url} "
+            f"(pid {worker.pid}, log {worker.log_path})",
+            flush=True,
+        )
+        signal.sigwait(stop_signals)
+    finally:
+        worker.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
