@@ -74,7 +74,8 @@ ENTRYPOINT ["python", "-m", "vllm.entrypoints.openai.api_server"]
 CMD ["--model", "/opt/lengthwise/cache/models/SmolLM2-135M-Instruct", \
      "--served-model-name", "SmolLM2-135M-Instruct", \
      "--scheduling-policy", "priority", \
-     "--logits-processors", "server.edt.processor:EDTLogitsProcessor", \
+     "--logits-processors", "server.edt.vllm_v1:EntropyDynamicTemperatureLogitsProcessor", \
+     "--max-model-len", "4096", \
      "--enforce-eager", \
      "--host", "0.0.0.0", "--port", "8000"]
 
@@ -90,5 +91,5 @@ RUN pip install --no-deps .
 EXPOSE 8000
 ENTRYPOINT ["python3", "-m", "vllm.entrypoints.openai.api_server"]
 CMD ["--scheduling-policy", "priority", \
-     "--logits-processors", "server.edt.processor:EDTLogitsProcessor", \
+     "--logits-processors", "server.edt.vllm_mrv2:EntropyDynamicTemperatureLogitsProcessorV2", \
      "--host", "0.0.0.0", "--port", "8000"]
