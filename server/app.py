@@ -1,0 +1,141 @@
+"""``create_app(cfg)``: the FastAPI gateway. Everything is built in the lifespan into
+``app.state.gateway``; nothing lives in module globals, so tests run many gateways
+in one process."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import httpx
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+
+from predictor.types import LengthPredictor
+from server.api import router
+from server.auth import ApiKeyAuth
+from server.backends import (
+    CombinedDiscovery,
+    Discovery,
+    DnsDiscovery,
+    StaticDiscovery,
+    WorkerMonitor,
+    WorkerPool,
+)
+from server.completions import CompletionService
+from server.config import GatewayConfig
+from server.dispatcher import Dispatcher
+from server.engine_stats import EngineStats, EngineStatsPoller
+from server.errors import install_error_handlers
+from server.metrics import GatewayMetrics
+from server.policy import make_policy
+from server.request_log import RequestLog
+
+log = logging.getLogger(__name__)
+
+PredictorFactory = Callable[[GatewayConfig], LengthPredictor]
+
+
+@dataclass
+class Gateway:
+    """The objects one gateway instance is made of (``app.state.gateway``)."""
+
+    cfg: GatewayConfig
+    pool: WorkerPool
+    dispatcher: Dispatcher
+    service: CompletionService
+    metrics: GatewayMetrics
+    auth: ApiKeyAuth
+    monitor: WorkerMonitor
+    stats_poller: EngineStatsPoller
+    client: httpx.AsyncClient
+    request_log: RequestLog
+
+
+def make_discovery(cfg: GatewayConfig) -> Discovery:
+    sources: list[Discovery] = [StaticDiscovery(tuple(cfg.workers))]
+    if cfg.worker_dns_name:
+        sources.append(DnsDiscovery(cfg.worker_dns_name))
+    return CombinedDiscovery(tuple(sources))
+
+
+def default_predictor(cfg: GatewayConfig) -> LengthPredictor:
+    # Imported here: the predictor pulls in LightGBM, which `lengthwise --help` must not pay for.
+    from server.predictor_loader import load_length_predictor
+
+    return load_length_predictor(cfg.predictor_dir)
+
+
+def create_app(
+    cfg: GatewayConfig,
+    *,
+    predictor: LengthPredictor | None = None,
+    predictor_factory: PredictorFactory = default_predictor,
+    registry: CollectorRegistry | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        length_predictor = predictor if predictor is not None else predictor_factory(cfg)
+        metrics = GatewayMetrics(registry if registry is not None else CollectorRegistry())
+        pool = WorkerPool(unhealthy_after_failures=cfg.unhealthy_after_failures)
+        dispatcher = Dispatcher(
+            make_policy(cfg.policy_config), pool, cfg.admission_limits,
+            queue_capacity=cfg.queue_capacity, queue_timeout_s=cfg.queue_timeout_s, clock=clock,
+        )
+        # One pooled client for all workers; limits sized so the pool never queues
+        # requests the dispatcher has already admitted.
+        client = httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
+            timeout=httpx.Timeout(cfg.request_timeout_s, connect=cfg.connect_timeout_s),
+            trust_env=False,
+        )
+        request_log = RequestLog(cfg.request_log_path)
+        request_log.open()
+        monitor = WorkerMonitor(
+            pool, make_discovery(cfg), client, health_interval_s=cfg.health_interval_s,
+            health_timeout_s=cfg.health_timeout_s, dns_refresh_s=cfg.dns_refresh_s,
+        )
+
+        def on_stats(url: str, stats: EngineStats) -> None:
+            if stats.kv_cache_usage is not None:
+                metrics.kv_cache_usage.labels(url).set(stats.kv_cache_usage)
+
+        stats_poller = EngineStatsPoller(
+            client, lambda: list(pool.workers), on_stats, cfg.engine_stats_interval_s,
+            cfg.health_timeout_s,
+        )
+        service = CompletionService(
+            cfg, dispatcher, pool, client, length_predictor, metrics, request_log, clock
+        )
+        app.state.gateway = Gateway(
+            cfg, pool, dispatcher, service, metrics, ApiKeyAuth(cfg.api_keys), monitor,
+            stats_poller, client, request_log,
+        )
+        await monitor.start()
+        stats_poller.start()
+        log.info("gateway ready: %d/%d workers healthy, policy %s",
+                 len(pool.healthy_ids()), len(pool.workers), cfg.policy.value)
+        try:
+            yield
+        finally:
+            drained = await dispatcher.drain(cfg.shutdown_grace_s)
+            if not drained:
+                log.warning("shutdown grace period over with %d requests in flight",
+                            dispatcher.in_flight)
+            await stats_poller.stop()
+            await monitor.stop()
+            await client.aclose()
+            request_log.close()
+
+    app = FastAPI(
+        title="Lengthwise gateway",
+        description="OpenAI-compatible, length-aware scheduling gateway in front of vLLM.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(router)
+    return app

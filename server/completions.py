@@ -1,0 +1,400 @@
+"""One completion request's life: predict, queue, dispatch, retry, relay, account.
+
+``CompletionService.handle`` is called by the routes with the client's parsed
+JSON. It never sees FastAPI types other than the raw ASGI ``receive`` (to
+notice a client that leaves while its request waits) and returns a Starlette
+response. Accounting (metrics, request log, lease release) happens exactly
+once per request, in ``_Finish``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from starlette.responses import Response
+from starlette.types import Receive
+
+from predictor.types import LengthPrediction, LengthPredictor
+from server.backends import WorkerPool
+from server.config import GatewayConfig
+from server.dispatcher import Dispatcher, Draining, Lease, NoHealthyWorker, QueueTimeout
+from server.errors import GatewayError, bad_request, upstream_error_status
+from server.metrics import GatewayMetrics
+from server.policy import QueuedRequest, QueueFull
+from server.proxy import (
+    OpenStream,
+    ProxyStreamResponse,
+    SSEInspector,
+    UpstreamFailure,
+    UpstreamReply,
+    open_stream,
+    post_complete,
+    wait_for_disconnect,
+)
+from server.request_log import RequestLog, RequestRecord
+from server.schemas import ChatCompletionRequest, CompletionRequest
+
+log = logging.getLogger(__name__)
+
+PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
+_SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "seed", "presence_penalty",
+                  "frequency_penalty", "repetition_penalty")
+
+
+@dataclass(slots=True)
+class _Ticket:
+    """Everything known about one request while it is handled."""
+
+    request_id: str
+    endpoint: str
+    model: str
+    stream: bool
+    n: int
+    cap: int | None
+    arrival: float
+    arrival_unix: float
+    prediction: LengthPrediction
+    predicted_tokens: float
+    queue_wait_s: float = 0.0
+    attempts: int = 0
+    worker: str | None = None
+    finished: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "x-lengthwise-predicted-tokens": f"{self.predicted_tokens:.0f}",
+            "x-lengthwise-queue-ms": f"{self.queue_wait_s * 1000.0:.1f}",
+            "x-request-id": self.request_id,
+        }
+
+
+class CompletionService:
+    def __init__(
+        self,
+        cfg: GatewayConfig,
+        dispatcher: Dispatcher,
+        pool: WorkerPool,
+        client: httpx.AsyncClient,
+        predictor: LengthPredictor,
+        metrics: GatewayMetrics,
+        request_log: RequestLog,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.cfg = cfg
+        self.dispatcher = dispatcher
+        self.pool = pool
+        self.client = client
+        self.predictor = predictor
+        self.metrics = metrics
+        self.request_log = request_log
+        self.clock = clock
+        self.policy_name = dispatcher.policy.name
+
+    # --- entry point --------------------------------------------------------------
+
+    async def handle(
+        self,
+        endpoint: str,
+        raw: dict[str, Any],
+        parsed: ChatCompletionRequest | CompletionRequest,
+        receive: Receive,
+    ) -> Response:
+        arrival = self.clock()
+        if self.dispatcher.draining:
+            raise GatewayError(503, "The gateway is shutting down.", code="draining",
+                               headers={"Retry-After": "1"})
+        self._check_limits(parsed)
+        healthy_models = self.pool.served_models()
+        if not self.pool.healthy_ids():
+            raise _no_worker()
+        if parsed.model not in healthy_models:
+            raise GatewayError(404, f"The model `{parsed.model}` does not exist.",
+                               param="model", code="model_not_found")
+        prediction, predicted = self._predict(endpoint, parsed)
+        ticket = _Ticket(
+            request_id=f"lw-{uuid.uuid4().hex}", endpoint=endpoint, model=parsed.model,
+            stream=parsed.stream, n=parsed.n, cap=parsed.length_cap(), arrival=arrival,
+            arrival_unix=time.time(), prediction=prediction, predicted_tokens=predicted,
+        )
+        self.metrics.predicted_tokens.observe(predicted)
+        body, strip_usage = self._upstream_body(raw, parsed)
+
+        work = asyncio.ensure_future(self._dispatch(ticket, body, strip_usage))
+        gone = asyncio.ensure_future(wait_for_disconnect(receive))
+        try:
+            await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            work.cancel()
+            gone.cancel()
+            raise
+        if not work.done():
+            work.cancel()
+            await asyncio.gather(work, return_exceptions=True)
+            self._record(ticket, None, "client_disconnected", 499, None)
+            return Response(status_code=400)
+        gone.cancel()
+        await asyncio.gather(gone, return_exceptions=True)
+        try:
+            lease, outcome = work.result()
+        except GatewayError as err:
+            self._record(ticket, None, err.code or "error", err.status, None)
+            return err.response(ticket.headers())
+        if isinstance(outcome, UpstreamReply):
+            return self._finish_reply(ticket, lease, outcome)
+        return self._stream_response(ticket, lease, outcome)
+
+    # --- request preparation ------------------------------------------------------
+
+    def _check_limits(self, parsed: ChatCompletionRequest | CompletionRequest) -> None:
+        if parsed.n > self.cfg.max_n:
+            raise bad_request(f"n must be at most {self.cfg.max_n}", param="n",
+                              code="invalid_value")
+        if isinstance(parsed, CompletionRequest):
+            prompts = parsed.prompt
+            if isinstance(prompts, list) and prompts and not isinstance(prompts[0], int):
+                if len(prompts) > self.cfg.max_prompts_per_request:
+                    raise bad_request(
+                        f"at most {self.cfg.max_prompts_per_request} prompts per request",
+                        param="prompt", code="invalid_value")
+
+    def _predict(
+        self, endpoint: str, parsed: ChatCompletionRequest | CompletionRequest
+    ) -> tuple[LengthPrediction, float]:
+        """The per-choice prediction, and the total predicted tokens the queue ranks by."""
+        sampling = {k: getattr(parsed, k, None) for k in _SAMPLING_KEYS}
+        sampling = {k: v for k, v in sampling.items() if v is not None}
+        cap = parsed.length_cap()
+        if isinstance(parsed, ChatCompletionRequest):
+            messages = [m.model_dump(exclude_none=True) for m in parsed.messages]
+            preds = [self.predictor.predict(messages, parsed.model, cap, sampling)]
+        else:
+            texts = parsed.prompt_texts()
+            preds = self.predictor.predict_batch(
+                texts, [parsed.model] * len(texts), [cap] * len(texts), [sampling] * len(texts)
+            )
+        # Sums over prompts (a completions request may hold several); the p50/p90 of a
+        # sum is not the sum of p50/p90s, but these are logged, not ranked, except as
+        # the chosen point estimate.
+        total = LengthPrediction(
+            mean=sum(p.mean for p in preds), p50=sum(p.p50 for p in preds),
+            p90=sum(p.p90 for p in preds), model_known=all(p.model_known for p in preds),
+        )
+        point = total.point(self.cfg.point_estimate.value) * parsed.n
+        return total, max(1.0, point)
+
+    def _upstream_body(
+        self, raw: dict[str, Any], parsed: ChatCompletionRequest | CompletionRequest
+    ) -> tuple[dict[str, Any], bool]:
+        body = dict(raw)
+        explicit_edt = "edt" in body
+        body.pop("edt", None)
+        xargs: dict[str, Any] = {}
+        client_xargs = parsed.vllm_xargs or {}
+        says_edt = explicit_edt or any(k.startswith("edt_") for k in client_xargs)
+        if not says_edt and self.cfg.edt_default:
+            xargs.update(self.cfg.edt_default)
+        xargs.update(client_xargs)
+        if parsed.edt is not None:
+            xargs.update(parsed.edt.as_xargs())
+        if xargs:
+            body["vllm_xargs"] = xargs
+        else:
+            body.pop("vllm_xargs", None)
+        strip_usage = False
+        if parsed.stream:
+            options = dict(body.get("stream_options") or {})
+            if not options.get("include_usage"):
+                # Ask for usage so the log knows the real length, and drop that chunk again.
+                options["include_usage"] = True
+                strip_usage = True
+            body["stream_options"] = options
+        if not self.cfg.engine_priority:
+            body.pop("priority", None)
+        return body, strip_usage
+
+    # --- dispatch and retries -------------------------------------------------------
+
+    async def _dispatch(
+        self, ticket: _Ticket, body: dict[str, Any], strip_usage: bool
+    ) -> tuple[Lease, UpstreamReply | OpenStream]:
+        queued = QueuedRequest(ticket.request_id, ticket.arrival, ticket.predicted_tokens)
+        tried: set[str] = set()
+        deadline = ticket.arrival + self.cfg.request_timeout_s
+        path = PATHS[ticket.endpoint]
+        while True:
+            try:
+                lease = await self.dispatcher.acquire(queued, frozenset(tried))
+            except QueueFull:
+                raise GatewayError(
+                    429, "The gateway's queue is full; retry later.", code="queue_full",
+                    headers={"Retry-After": str(self.dispatcher.retry_after_s())},
+                ) from None
+            except NoHealthyWorker:
+                raise _no_worker() from None
+            except QueueTimeout:
+                raise GatewayError(
+                    503, "The request waited too long in the queue.", code="queue_timeout",
+                    headers={"Retry-After": str(self.dispatcher.retry_after_s())},
+                ) from None
+            except Draining:
+                raise GatewayError(503, "The gateway is shutting down.", code="draining",
+                                   headers={"Retry-After": "1"}) from None
+            ticket.attempts += 1
+            ticket.queue_wait_s += lease.queue_wait_s
+            ticket.worker = lease.worker_url
+            self.metrics.queue_wait.labels(self.policy_name).observe(lease.queue_wait_s)
+            if self.cfg.engine_priority:
+                body["priority"] = lease.engine_priority
+            remaining = deadline - self.clock()
+            try:
+                if remaining <= 0:
+                    raise UpstreamFailure("request timeout", worker_down=False)
+                outcome = await self._attempt(lease.worker_url + path, body, ticket.stream,
+                                              strip_usage, remaining)
+            except UpstreamFailure as failure:
+                self.dispatcher.release(lease)
+                self.pool.report_failure(lease.worker_url, failure.reason,
+                                         immediate=failure.worker_down)
+                tried.add(lease.worker_url)
+                log.warning("attempt %d of %s on %s failed: %s", ticket.attempts,
+                            ticket.request_id, lease.worker_url, failure.reason)
+                if ticket.attempts >= self.cfg.max_attempts or self.clock() >= deadline:
+                    raise GatewayError(
+                        503, f"No worker could serve the request: {failure.reason}",
+                        code="upstream_unavailable", headers={"Retry-After": "1"},
+                    ) from None
+                self.metrics.retries.labels("worker_down" if failure.worker_down
+                                            else "worker_error").inc()
+                continue
+            except BaseException:
+                self.dispatcher.release(lease)
+                raise
+            return lease, outcome
+
+    async def _attempt(
+        self, url: str, body: dict[str, Any], stream: bool, strip_usage: bool, remaining: float
+    ) -> UpstreamReply | OpenStream:
+        if not stream:
+            timeout = httpx.Timeout(remaining, connect=self.cfg.connect_timeout_s)
+            return await post_complete(self.client, url, body, timeout)
+        inspector = SSEInspector(self.clock, strip_usage)
+        return await open_stream(
+            self.client, url, body, connect_timeout_s=self.cfg.connect_timeout_s,
+            first_event_timeout_s=min(self.cfg.first_byte_timeout_s, remaining),
+            inspector=inspector,
+        )
+
+    # --- responses and accounting --------------------------------------------------
+
+    def _finish_reply(self, ticket: _Ticket, lease: Lease, reply: UpstreamReply) -> Response:
+        now = self.clock()
+        self.dispatcher.release(lease, now - ticket.arrival - ticket.queue_wait_s)
+        headers = ticket.headers()
+        if reply.status != 200:
+            status = upstream_error_status(reply.status)
+            self._record(ticket, None, "upstream_client_error", status, None)
+            return Response(reply.body, status_code=status, headers=headers,
+                            media_type=reply.content_type or "application/json")
+        usage, reasons = _usage_of(reply.body)
+        self._record(ticket, usage, "ok", 200, None, reasons, e2e_end=now)
+        return Response(reply.body, status_code=200, headers=headers,
+                        media_type=reply.content_type or "application/json")
+
+    def _stream_response(self, ticket: _Ticket, lease: Lease, stream: OpenStream) -> Response:
+        def on_finish(outcome: str) -> None:
+            now = self.clock()
+            self.dispatcher.release(lease, now - ticket.arrival - ticket.queue_wait_s)
+            stats = stream.inspector.stats
+            if outcome in ("stream_timeout", "upstream_error") and stats.error is None:
+                self.pool.report_failure(lease.worker_url, f"stream {outcome}",
+                                         immediate=False)
+            reasons = [stats.finish_reasons[i] for i in sorted(stats.finish_reasons)]
+            http_status = 200 if outcome == "ok" else 499 if outcome == "client_disconnected" else 503
+            self._record(ticket, stats.usage, outcome, http_status, stats.first_token_at,
+                         reasons, e2e_end=now)
+
+        return ProxyStreamResponse(
+            stream, ticket.headers(), self.cfg.stream_idle_timeout_s, on_finish
+        )
+
+    def _record(
+        self,
+        ticket: _Ticket,
+        usage: dict[str, Any] | None,
+        status: str,
+        http_status: int,
+        first_token_at: float | None,
+        finish_reasons: list[str | None] | None = None,
+        e2e_end: float | None = None,
+    ) -> None:
+        if ticket.finished:
+            return
+        ticket.finished = True
+        end = e2e_end if e2e_end is not None else self.clock()
+        e2e = end - ticket.arrival
+        labels = (ticket.endpoint, self.policy_name)
+        self.metrics.requests.labels(*labels, status).inc()
+        prompt_tokens = completion_tokens = None
+        ttft = first_token_at - ticket.arrival if first_token_at is not None else None
+        if status == "ok":
+            self.metrics.e2e.labels(*labels).observe(e2e)
+            if usage:
+                prompt_tokens = _int_or_none(usage.get("prompt_tokens"))
+                completion_tokens = _int_or_none(usage.get("completion_tokens"))
+            if prompt_tokens is not None:
+                self.metrics.prompt_tokens.inc(prompt_tokens)
+            if completion_tokens is not None:
+                self.metrics.completion_tokens.inc(completion_tokens)
+                if completion_tokens > 0:
+                    self.metrics.prediction_ratio.observe(
+                        ticket.predicted_tokens / completion_tokens
+                    )
+            if ttft is not None:
+                self.metrics.ttft.labels(*labels).observe(ttft)
+                if completion_tokens and completion_tokens > 1:
+                    self.metrics.tpot.labels(*labels).observe(
+                        (e2e - ttft) / (completion_tokens - 1)
+                    )
+        pred = ticket.prediction
+        self.request_log.write(RequestRecord(
+            request_id=ticket.request_id, arrival_unix=ticket.arrival_unix,
+            endpoint=ticket.endpoint, model=ticket.model, stream=ticket.stream, n=ticket.n,
+            max_tokens=ticket.cap, policy=self.policy_name, status=status,
+            http_status=http_status, prompt_tokens=prompt_tokens, predicted_mean=pred.mean,
+            predicted_p50=pred.p50, predicted_p90=pred.p90,
+            predicted_tokens=ticket.predicted_tokens, completion_tokens=completion_tokens,
+            finish_reasons=finish_reasons or [], worker=ticket.worker,
+            attempts=ticket.attempts,
+            queue_wait_s=ticket.queue_wait_s if ticket.attempts else None,
+            ttft_s=ttft, e2e_s=e2e,
+        ))
+
+
+def _usage_of(body: bytes) -> tuple[dict[str, Any] | None, list[str | None]]:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None, []
+    if not isinstance(data, dict):
+        return None, []
+    usage = data.get("usage") if isinstance(data.get("usage"), dict) else None
+    choices = data.get("choices") if isinstance(data.get("choices"), list) else []
+    return usage, [c.get("finish_reason") for c in choices if isinstance(c, dict)]
+
+
+def _int_or_none(value: Any) -> int | None:
+    return int(value) if isinstance(value, (int, float)) else None
+
+
+def _no_worker() -> GatewayError:
+    return GatewayError(503, "No healthy worker is available.", code="no_healthy_worker",
+                        headers={"Retry-After": "2"})

@@ -1,0 +1,222 @@
+"""The gateway's configuration: one pydantic model, every field documented.
+
+Sources, lowest to highest precedence: built-in defaults, a config file (YAML,
+TOML or JSON, given with ``--config`` or ``LENGTHWISE_CONFIG``), environment
+variables ``LENGTHWISE_<FIELD>`` (lists comma-separated, e.g.
+``LENGTHWISE_WORKERS=http://a:8000,http://b:8000``), and command-line flags.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Mapping
+
+import yaml
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from predictor.locations import cache_dir
+from server.policy import AdmissionLimits, PointEstimate, PolicyConfig, PolicyName
+
+ENV_PREFIX = "LENGTHWISE_"
+CONFIG_FILE_ENV = "LENGTHWISE_CONFIG"
+
+
+def _split_csv(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class GatewayConfig(BaseSettings):
+    """Every setting of the gateway. Field docstrings are the documentation."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="forbid", use_attribute_docstrings=True
+    )
+
+    # --- listening -------------------------------------------------------------
+    host: str = "127.0.0.1"
+    """Address the gateway listens on."""
+    port: int = Field(8000, ge=0, le=65535)
+    """TCP port the gateway listens on."""
+
+    # --- workers ---------------------------------------------------------------
+    workers: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Base URLs of vLLM OpenAI servers, e.g. ``http://10.0.0.5:8000`` (static discovery)."""
+    worker_dns_name: str | None = None
+    """A URL whose host name is resolved periodically; every address it resolves to is a
+    worker (e.g. a Kubernetes headless service ``http://vllm-workers:8000``). Used in
+    addition to ``workers``."""
+    dns_refresh_s: float = Field(10.0, gt=0)
+    """How often ``worker_dns_name`` is resolved again."""
+    health_interval_s: float = Field(2.0, gt=0)
+    """How often each worker's ``/health`` is probed."""
+    health_timeout_s: float = Field(2.0, gt=0)
+    """A health probe slower than this counts as a failure."""
+    unhealthy_after_failures: int = Field(1, ge=1)
+    """Consecutive failed probes that take a worker out of rotation. A connection
+    error or timeout on a real request takes it out at once; one good probe puts it back."""
+    engine_stats_interval_s: float = Field(5.0, gt=0)
+    """How often each worker's vLLM ``/metrics`` is scraped (KV-cache usage)."""
+
+    # --- scheduling ------------------------------------------------------------
+    policy: PolicyName = PolicyName.SJF_AGED
+    """Queue order: ``fcfs``, ``sjf`` (no aging) or ``sjf-aged`` (size-relative aging)."""
+    point_estimate: PointEstimate = PointEstimate.MEAN
+    """Which number of the length prediction ranks requests: ``mean``, ``p50`` or ``p90``."""
+    aging_s_per_token: float = Field(0.05, gt=0)
+    """``sjf-aged``: seconds of waiting a request may accrue per predicted token before no
+    later arrival can overtake it (see ``server.policy`` for the worst-case wait)."""
+    max_sequences_per_worker: int | None = Field(16, ge=1)
+    """Admission limit: requests in flight per worker (``None``: unlimited). Requests beyond
+    it wait in the gateway's queue, where the policy's order applies."""
+    max_predicted_tokens_per_worker: float | None = Field(None, gt=0)
+    """Admission limit: sum of predicted completion tokens in flight per worker (``None``:
+    unlimited)."""
+    queue_capacity: int = Field(1024, ge=1)
+    """Requests the gateway's queue holds; beyond it new requests get 429 with Retry-After."""
+    queue_timeout_s: float = Field(300.0, gt=0)
+    """A request waiting in the queue longer than this gets 503 with Retry-After."""
+    engine_priority: bool = True
+    """Pass each request's rank as vLLM's ``priority``. Workers must run with
+    ``--scheduling-policy priority`` (vLLM rejects a non-zero priority otherwise)."""
+
+    # --- upstream requests -----------------------------------------------------
+    connect_timeout_s: float = Field(3.0, gt=0)
+    """Time allowed to open a connection to a worker."""
+    first_byte_timeout_s: float = Field(120.0, gt=0)
+    """Time a worker may take to answer (headers and the first streamed event, or the whole
+    body of a non-streaming request) before the attempt fails and is retried elsewhere."""
+    stream_idle_timeout_s: float = Field(60.0, gt=0)
+    """Longest silence allowed between two events of a started stream; the client then
+    gets an error event."""
+    request_timeout_s: float = Field(600.0, gt=0)
+    """Upper bound on one request's time at the workers (all attempts)."""
+    max_attempts: int = Field(2, ge=1)
+    """Workers tried for one request, as long as no byte has reached the client."""
+
+    # --- input limits ----------------------------------------------------------
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    """Larger request bodies get 413."""
+    body_read_timeout_s: float = Field(30.0, gt=0)
+    """A client that takes longer to send its body (slowloris) gets 400."""
+    max_n: int = Field(16, ge=1)
+    """Largest ``n`` (choices per request) accepted."""
+    max_prompts_per_request: int = Field(64, ge=1)
+    """Largest list of prompts in one ``/v1/completions`` request."""
+
+    # --- EDT (entropy-based dynamic temperature) -------------------------------
+    edt_theta: float | None = Field(None, ge=0)
+    """Gateway-wide EDT default θ for requests without their own ``edt``/``vllm_xargs``
+    (both ``edt_theta`` and ``edt_n`` or neither). The worker must load the EDT processor."""
+    edt_n: float | None = Field(None, gt=0, lt=1)
+    """Gateway-wide EDT default exponent N (0 < N < 1)."""
+
+    # --- security --------------------------------------------------------------
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Accepted API keys (``Authorization: Bearer <key>``). Empty: every request is accepted
+    whatever its Authorization header."""
+    metrics_require_auth: bool = False
+    """Also require a key for ``/metrics`` (``/health`` never needs one)."""
+
+    # --- outputs ---------------------------------------------------------------
+    request_log_path: Path | None = Field(default_factory=lambda: cache_dir() / "requests.jsonl")
+    """Append-only JSON Lines log of finished requests (prediction next to actual length);
+    ``None`` disables it."""
+    shutdown_grace_s: float = Field(30.0, ge=0)
+    """On SIGTERM, time allowed for in-flight requests to finish."""
+
+    # --- predictor -------------------------------------------------------------
+    predictor_dir: Path | None = None
+    """Folder of a trained length predictor; ``None`` uses the predictor package's default
+    location (training it first if needed)."""
+
+    @field_validator("workers", "api_keys", mode="before")
+    @classmethod
+    def _csv(cls, value: Any) -> Any:
+        return _split_csv(value)
+
+    @field_validator("workers")
+    @classmethod
+    def _worker_urls(cls, value: list[str]) -> list[str]:
+        for url in value:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"worker URL must start with http:// or https://: {url!r}")
+        return [url.rstrip("/") for url in value]
+
+    @model_validator(mode="after")
+    def _edt_pair(self) -> GatewayConfig:
+        if (self.edt_theta is None) != (self.edt_n is None):
+            raise ValueError("set both edt_theta and edt_n, or neither")
+        if self.edt_theta is not None and not math.isfinite(self.edt_theta):
+            raise ValueError("edt_theta must be finite")
+        return self
+
+    @property
+    def policy_config(self) -> PolicyConfig:
+        return PolicyConfig(self.policy, self.point_estimate, self.aging_s_per_token)
+
+    @property
+    def admission_limits(self) -> AdmissionLimits:
+        return AdmissionLimits(self.max_sequences_per_worker, self.max_predicted_tokens_per_worker)
+
+    @property
+    def edt_default(self) -> dict[str, float] | None:
+        if self.edt_theta is None or self.edt_n is None:
+            return None
+        return {"edt_theta": self.edt_theta, "edt_n": self.edt_n}
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    text = path.read_text(encoding="utf-8")
+    suffix = path.suffix.lower()
+    if suffix == ".toml":
+        data: Any = tomllib.loads(text)
+    elif suffix == ".json":
+        data = json.loads(text)
+    else:
+        data = yaml.safe_load(text) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: the config file must hold a mapping of settings")
+    return data
+
+
+def load_config(
+    config_file: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> GatewayConfig:
+    """Merge defaults < file < environment < ``overrides`` (flags; ``None`` values ignored)."""
+    env = os.environ if environ is None else environ
+    if config_file is None and env.get(CONFIG_FILE_ENV):
+        config_file = Path(env[CONFIG_FILE_ENV])
+    merged: dict[str, Any] = read_config_file(config_file) if config_file else {}
+    merged.update(_env_values(env))
+    merged.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return GatewayConfig.model_validate(merged)
+
+
+def _env_values(environ: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name in GatewayConfig.model_fields:
+        raw = environ.get(ENV_PREFIX + name.upper())
+        if raw is not None:
+            values[name] = None if raw.strip().lower() in {"none", "null"} else raw
+    return values
+
+
+def describe_settings() -> str:
+    """Every setting with its default and documentation (``lengthwise serve --help-config``)."""
+    lines = []
+    for name, field in GatewayConfig.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        lines.append(f"{name} (env {ENV_PREFIX}{name.upper()}, default {default!r})")
+        lines.append(f"    {' '.join((field.description or '').split())}")
+    return "\n".join(lines)
+
+

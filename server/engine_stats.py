@@ -1,0 +1,135 @@
+"""vLLM's own Prometheus ``/metrics`` text -> ``EngineStats`` (pure), plus an async poller."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+
+log = logging.getLogger(__name__)
+
+KV_CACHE_USAGE = "vllm:kv_cache_usage_perc"
+# Older vLLM releases exported the same fraction under this name.
+KV_CACHE_USAGE_LEGACY = "vllm:gpu_cache_usage_perc"
+RUNNING = "vllm:num_requests_running"
+WAITING = "vllm:num_requests_waiting"
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStats:
+    """One scrape of a worker. Values summed over label sets (one per served model)."""
+
+    kv_cache_usage: float | None = None  # fraction 0..1
+    num_running: float | None = None
+    num_waiting: float | None = None
+
+    @classmethod
+    def from_vllm_scrape(cls, text: str) -> EngineStats:
+        values = parse_samples(text, {KV_CACHE_USAGE, KV_CACHE_USAGE_LEGACY, RUNNING, WAITING})
+        kv = values.get(KV_CACHE_USAGE, values.get(KV_CACHE_USAGE_LEGACY))
+        return cls(kv, values.get(RUNNING), values.get(WAITING))
+
+
+def parse_samples(text: str, names: set[str]) -> dict[str, float]:
+    """Sum of each wanted sample name over its label sets; other lines are skipped.
+
+    Prometheus text format: ``name{labels} value [timestamp]``; label values may
+    hold spaces or braces inside quotes, so the value is found after the
+    closing brace rather than by splitting the whole line.
+    """
+    out: dict[str, float] = {}
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        brace = line.find("{")
+        space = line.find(" ")
+        if brace != -1 and (space == -1 or brace < space):
+            name = line[:brace]
+            close = _closing_brace(line, brace)
+            if close == -1:
+                continue
+            rest = line[close + 1 :].split()
+        else:
+            parts = line.split()
+            name, rest = parts[0], parts[1:]
+        if name not in names or not rest:
+            continue
+        try:
+            value = float(rest[0])
+        except ValueError:
+            continue
+        if math.isnan(value):
+            continue
+        out[name] = out.get(name, 0.0) + value
+    return out
+
+
+def _closing_brace(line: str, start: int) -> int:
+    in_quotes = False
+    escaped = False
+    for i in range(start + 1, len(line)):
+        ch = line[i]
+        if escaped:
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch == '"':
+            in_quotes = not in_quotes
+        elif ch == "}" and not in_quotes:
+            return i
+    return -1
+
+
+class EngineStatsPoller:
+    """Scrapes every worker's ``/metrics`` and hands each result to ``on_stats``."""
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        worker_urls: Callable[[], list[str]],
+        on_stats: Callable[[str, EngineStats], None],
+        interval_s: float,
+        timeout_s: float,
+    ) -> None:
+        self.client = client
+        self.worker_urls = worker_urls
+        self.on_stats = on_stats
+        self.interval_s = interval_s
+        self.timeout_s = timeout_s
+        self._task: asyncio.Task[None] | None = None
+
+    async def scrape(self, url: str) -> EngineStats | None:
+        try:
+            resp = await self.client.get(f"{url}/metrics", timeout=self.timeout_s)
+            resp.raise_for_status()
+        except httpx.HTTPError:
+            return None
+        return EngineStats.from_vllm_scrape(resp.text)
+
+    async def poll_once(self) -> None:
+        urls = self.worker_urls()
+        results = await asyncio.gather(*(self.scrape(u) for u in urls))
+        for url, stats in zip(urls, results):
+            if stats is not None:
+                self.on_stats(url, stats)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.poll_once()
+            except Exception:
+                log.exception("engine stats poll failed")
+            await asyncio.sleep(self.interval_s)
