@@ -1,0 +1,191 @@
+"""Behaviour of the shared scheduling policy (server.policy): order, aging, bounds, routing."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from server.policy import (
+    AdmissionLimits,
+    AgedSJFPolicy,
+    FCFSPolicy,
+    PolicyConfig,
+    PolicyName,
+    PolicyQueue,
+    QueuedRequest,
+    QueueFull,
+    SJFPolicy,
+    WorkerLoad,
+    aged_wait_bound_s,
+    can_admit,
+    engine_priority,
+    make_policy,
+    pick_worker,
+)
+
+
+def req(rid: str, arrival: float, predicted: float) -> QueuedRequest:
+    return QueuedRequest(rid, arrival, predicted)
+
+
+def drain(queue: PolicyQueue) -> list[str]:
+    out = []
+    while len(queue):
+        out.append(queue.pop().request_id)
+    return out
+
+
+def test_fcfs_serves_in_arrival_order_whatever_the_prediction():
+    q = PolicyQueue(FCFSPolicy())
+    for r in [req("b", 2.0, 1), req("a", 1.0, 500), req("c", 3.0, 5)]:
+        q.push(r)
+    assert drain(q) == ["a", "b", "c"]
+
+
+def test_sjf_serves_shortest_prediction_first_and_breaks_ties_by_arrival_then_id():
+    q = PolicyQueue(SJFPolicy())
+    for r in [req("long", 0.0, 400), req("mid", 1.0, 50), req("short2", 2.0, 5),
+              req("short1", 1.5, 5), req("z", 1.5, 5)]:
+        q.push(r)
+    assert drain(q) == ["short1", "z", "short2", "mid", "long"]
+
+
+def test_sub_token_or_nan_predictions_do_not_jump_the_queue():
+    q = PolicyQueue(SJFPolicy())
+    q.push(req("one", 0.0, 1.0))
+    q.push(req("nan", 1.0, float("nan")))
+    q.push(req("zero", 2.0, 0.0))
+    assert drain(q) == ["one", "nan", "zero"]
+
+
+def test_aged_sjf_lets_a_long_request_overtake_once_its_deadline_passes():
+    policy = AgedSJFPolicy(aging_s_per_token=0.01)
+    q = PolicyQueue(policy)
+    q.push(req("long", 0.0, 100))  # deadline 1.0
+    q.push(req("short_early", 0.5, 10))  # deadline 0.6 < 1.0: goes first
+    q.push(req("short_late", 0.95, 10))  # deadline 1.05 > 1.0: long goes first
+    assert drain(q) == ["short_early", "long", "short_late"]
+
+
+def test_aged_wait_bound_holds_under_a_sustained_stream_of_short_requests():
+    """Simulate one server taking requests at a fixed rate while shorts keep arriving."""
+    alpha, long_pred, short_pred = 0.02, 200.0, 5.0
+    service_s = 0.05  # one dispatch every 50 ms
+    capacity = 64
+    q = PolicyQueue(AgedSJFPolicy(alpha), capacity)
+    q.push(req("long", 0.0, long_pred))
+    rng = random.Random(7)
+    now, arrivals, next_id, finished_long_at = 0.0, 0.0, 0, None
+    while finished_long_at is None and now < 100:
+        # Shorts arrive faster than they are served, so the queue never empties.
+        while arrivals <= now:
+            try:
+                q.push(req(f"s{next_id}", arrivals, short_pred))
+            except QueueFull:
+                pass
+            next_id += 1
+            arrivals += rng.expovariate(30.0)
+        if q.pop().request_id == "long":
+            finished_long_at = now
+        now += service_s
+    bound = aged_wait_bound_s(alpha, long_pred, capacity, 1 / service_s)
+    assert finished_long_at is not None
+    assert finished_long_at <= bound
+    # Plain SJF starves it over the same horizon.
+    assert finished_long_at > alpha * long_pred - service_s
+
+
+def test_plain_sjf_starves_the_long_request_under_the_same_stream():
+    q = PolicyQueue(SJFPolicy(), 64)
+    q.push(req("long", 0.0, 200))
+    served = []
+    for i in range(500):
+        q.push(req(f"s{i}", i * 0.01, 5))
+        served.append(q.pop().request_id)
+    assert "long" not in served
+
+
+def test_order_is_deterministic_across_insertion_orders():
+    reqs = [req(f"r{i}", float(i % 7), float((i * 37) % 50)) for i in range(60)]
+    for policy in (FCFSPolicy(), SJFPolicy(), AgedSJFPolicy(0.05)):
+        orders = set()
+        for seed in range(5):
+            shuffled = reqs[:]
+            random.Random(seed).shuffle(shuffled)
+            q = PolicyQueue(policy)
+            for r in shuffled:
+                q.push(r)
+            orders.add(tuple(drain(q)))
+        assert len(orders) == 1, policy.name
+
+
+def test_queue_full_rejects_and_frees_after_pop():
+    q = PolicyQueue(FCFSPolicy(), capacity=2)
+    q.push(req("a", 0, 1))
+    q.push(req("b", 1, 1))
+    with pytest.raises(QueueFull):
+        q.push(req("c", 2, 1))
+    q.pop()
+    q.push(req("c", 2, 1))
+    assert len(q) == 2
+
+
+def test_removal_skips_the_request_and_frees_capacity():
+    q = PolicyQueue(SJFPolicy(), capacity=3)
+    for r in [req("a", 0, 1), req("b", 1, 2), req("c", 2, 3)]:
+        q.push(r)
+    assert q.remove("a") is True
+    assert q.remove("a") is False
+    assert "a" not in q
+    q.push(req("d", 3, 10))
+    assert q.peek().request_id == "b"
+    assert drain(q) == ["b", "c", "d"]
+
+
+def test_duplicate_ids_are_refused():
+    q = PolicyQueue(FCFSPolicy())
+    q.push(req("a", 0, 1))
+    with pytest.raises(ValueError):
+        q.push(req("a", 1, 1))
+
+
+def test_make_policy_builds_each_named_policy():
+    assert isinstance(make_policy(PolicyConfig(PolicyName.FCFS)), FCFSPolicy)
+    assert isinstance(make_policy(PolicyConfig(PolicyName.SJF)), SJFPolicy)
+    aged = make_policy(PolicyConfig(PolicyName.SJF_AGED, aging_s_per_token=0.2))
+    assert isinstance(aged, AgedSJFPolicy) and aged.aging_s_per_token == 0.2
+    with pytest.raises(ValueError):
+        AgedSJFPolicy(0.0)
+
+
+def test_engine_priority_preserves_the_queue_order():
+    policy = AgedSJFPolicy(0.05)
+    reqs = [req(f"r{i}", 100.0 + i * 0.3, float((i * 13) % 40 + 1)) for i in range(30)]
+    keys = sorted(policy.key(r) for r in reqs)
+    prios = [engine_priority(k, epoch=100.0) for k in keys]
+    assert prios == sorted(prios)
+    assert min(prios) >= 0
+
+
+def test_admission_limits_and_least_outstanding_work_routing():
+    limits = AdmissionLimits(max_sequences=2, max_predicted_tokens=100)
+    r = req("x", 0, 30)
+    loads = [
+        WorkerLoad("w1", True, 1, 80.0),
+        WorkerLoad("w2", True, 1, 20.0),
+        WorkerLoad("w3", False, 0, 0.0),  # unhealthy: never picked
+        WorkerLoad("w4", True, 2, 0.0),  # at the sequence limit
+    ]
+    assert pick_worker(loads, r, limits) == "w2"
+    # w1 would exceed the token budget.
+    assert not can_admit(loads[0], r, limits)
+    # An idle worker takes a request larger than the whole budget.
+    assert can_admit(WorkerLoad("w5", True, 0, 0.0), req("big", 0, 1000), limits)
+    assert pick_worker([loads[2], loads[3]], r, limits) is None
+
+
+def test_routing_ties_are_deterministic():
+    limits = AdmissionLimits()
+    loads = [WorkerLoad("b", True, 1, 10.0), WorkerLoad("a", True, 1, 10.0)]
+    assert pick_worker(loads, req("x", 0, 1), limits) == "a"
