@@ -5,9 +5,11 @@ from __future__ import annotations
 import typer
 
 from predictor.cli import app as predictor_app
+from simulator.cli import app as simulate_app
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 app.add_typer(predictor_app, name="predictor", help="Train, evaluate and query the length predictor.")
+app.add_typer(simulate_app, name="simulate", help="Replay traces through the simulated gateway and vLLM engines.")
 
 
 def main() -> None:

@@ -7,8 +7,8 @@ Supported inputs (``load_trace`` picks by content, not only by extension):
 * Generic CSV or JSONL: ``arrival_time_s`` or ``arrival_time_ns``, ``input_tokens``,
   ``output_tokens``, optional ``prompt_text``, ``model``, ``predicted_tokens``.
 * The gateway's JSONL request log (``server/request_log.py``): one record per
-  finished request with its arrival time, prompt tokens, predicted and actual
-  completion tokens. See :func:`load_request_log`.
+  finished request (``arrival_unix``, ``prompt_tokens``, ``predicted_tokens``,
+  ``completion_tokens``); records whose ``status`` is not ``ok`` are skipped.
 
 Arrival times are shifted so the first request arrives at ``t = 0`` seconds.
 """
@@ -18,9 +18,11 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from pathlib import Path
+
+from server.request_log import RequestRecord as LogRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,9 +64,11 @@ def load_trace(path: str | Path, limit: int | None = None) -> list[SimRequest]:
         if limit is not None and i >= limit:
             break
         try:
-            requests.append(parser(i, rec))
+            parsed = parser(i, rec)
         except (KeyError, ValueError, TypeError) as exc:
             raise TraceFormatError(f"{path}: record {i + 1}: {exc!r}") from exc
+        if parsed is not None:
+            requests.append(parsed)
     return normalise(requests)
 
 
@@ -110,7 +114,7 @@ def _pick_parser(first: dict, path: Path):
         return _azure
     if {"timestamp", "input_length", "output_length"} <= keys:
         return _mooncake
-    if REQUEST_LOG_FIELDS.arrival in keys and REQUEST_LOG_FIELDS.prompt_tokens in keys:
+    if {_LOG_ARRIVAL, _LOG_PROMPT, _LOG_DONE} <= keys:
         return _request_log
     if {"input_tokens", "output_tokens"} <= keys and (
         "arrival_time_s" in keys or "arrival_time_ns" in keys
@@ -178,30 +182,30 @@ def _generic(i: int, rec: dict) -> SimRequest:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class RequestLogFields:
-    """Field names of the gateway's JSONL request log (``server/request_log.py``)."""
-
-    arrival: str = "arrival_time_s"
-    prompt_tokens: str = "prompt_tokens"
-    predicted_tokens: str = "predicted_tokens"
-    completion_tokens: str = "completion_tokens"
-    request_id: str = "request_id"
-    model: str = "model"
-
-
-REQUEST_LOG_FIELDS = RequestLogFields()
+#: Field names of the gateway's request log, taken from its own record type
+#: so a rename there fails here loudly instead of silently mis-parsing.
+_LOG_FIELDS = {f.name for f in fields(LogRecord)}
+_LOG_ARRIVAL, _LOG_PROMPT, _LOG_PRED, _LOG_DONE = (
+    "arrival_unix",
+    "prompt_tokens",
+    "predicted_tokens",
+    "completion_tokens",
+)
+if not {_LOG_ARRIVAL, _LOG_PROMPT, _LOG_PRED, _LOG_DONE} <= _LOG_FIELDS:
+    raise ImportError("server.request_log.RequestRecord changed its field names")
 
 
-def _request_log(i: int, rec: dict) -> SimRequest:
-    f = REQUEST_LOG_FIELDS
+def _request_log(i: int, rec: dict) -> SimRequest | None:
+    # Only requests that finished normally have a true length to replay.
+    if rec.get("status") != "ok" or rec.get(_LOG_DONE) is None or rec.get(_LOG_PROMPT) is None:
+        return None
     return SimRequest(
-        request_id=str(rec.get(f.request_id) or f"r{i}"),
-        arrival_time=float(rec[f.arrival]),
-        prompt_tokens=_tokens(rec[f.prompt_tokens], f.prompt_tokens),
-        output_tokens=max(1, _tokens(rec[f.completion_tokens], f.completion_tokens)),
-        predicted_tokens=_optional_float(rec.get(f.predicted_tokens)),
-        model=rec.get(f.model) or None,
+        request_id=str(rec.get("request_id") or f"r{i}"),
+        arrival_time=float(rec[_LOG_ARRIVAL]),
+        prompt_tokens=_tokens(rec[_LOG_PROMPT], _LOG_PROMPT),
+        output_tokens=max(1, _tokens(rec[_LOG_DONE], _LOG_DONE)),
+        predicted_tokens=_optional_float(rec.get(_LOG_PRED)),
+        model=rec.get("model") or None,
     )
 
 

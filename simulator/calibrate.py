@@ -1,0 +1,197 @@
+"""Calibrate the step-time model against a live vLLM worker (OpenAI API).
+
+The sweep measures two kinds of step from the client side, with streaming:
+
+* **Decode steps.** ``B`` concurrent requests with a ``P``-token prompt each
+  generate ``decode_tokens`` tokens (``ignore_eos``). Once every request has
+  its first token, the batch is pure decode, so the median gap between
+  streamed tokens in the middle of the streams is one step of ``B`` decodes
+  over about ``P + k`` KV tokens each.
+* **Prefill steps.** One request with a ``P``-token prompt and
+  ``max_tokens=1``; its time to first token minus the fixed request overhead
+  is one prefill step of ``P`` tokens. The overhead (HTTP, queueing into the
+  engine, detokenising) is estimated as the TTFT of the shortest prompt minus
+  one single-sequence decode step.
+
+Prompts are random token ids (sent as a token-id list, so lengths are exact)
+and unique per request, so vLLM's prefix cache cannot shorten a prefill.
+The measurements are fitted with :func:`simulator.latency.fit_linear`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import statistics
+import time
+from dataclasses import dataclass, field
+
+from .latency import BatchShape, LinearStepModel, fit_linear
+
+
+@dataclass(frozen=True)
+class CalibrationPlan:
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 4, 8, 16])
+    prompt_tokens: list[int] = field(default_factory=lambda: [32, 256, 768])
+    decode_tokens: int = 24
+    #: prompt lengths for the prefill probes (one request each)
+    prefill_probe_tokens: list[int] = field(default_factory=lambda: [16, 128, 512, 1024])
+    repeats: int = 2
+    #: token ids are drawn from this range (inside any common vocabulary)
+    token_id_range: tuple[int, int] = (1000, 20000)
+
+
+@dataclass
+class Measurement:
+    kind: str
+    batch: BatchShape
+    seconds: float
+
+
+@dataclass
+class CalibrationResult:
+    model: LinearStepModel
+    measurements: list[Measurement]
+
+    def table(self) -> list[dict]:
+        return [
+            {
+                "kind": m.kind,
+                "prefill_tokens": m.batch.num_prefill_tokens,
+                "num_decode": m.batch.num_decode,
+                "decode_kv_sum": m.batch.decode_kv_sum,
+                "measured_ms": m.seconds * 1000,
+                "fitted_ms": self.model.step_time(m.batch) * 1000,
+            }
+            for m in self.measurements
+        ]
+
+
+class _Client:
+    def __init__(self, base_url: str, model: str | None, plan: CalibrationPlan) -> None:
+        import httpx
+
+        self.base = base_url.rstrip("/")
+        self.http = httpx.AsyncClient(timeout=httpx.Timeout(120.0, connect=10.0))
+        self.model = model
+        self.plan = plan
+        self.rng = random.Random(0)
+
+    async def resolve_model(self) -> str:
+        if self.model:
+            return self.model
+        r = await self.http.get(f"{self.base}/v1/models")
+        r.raise_for_status()
+        data = r.json().get("data") or []
+        if not data:
+            raise RuntimeError("the worker lists no models")
+        self.model = data[0]["id"]
+        return self.model
+
+    def prompt(self, n: int) -> list[int]:
+        lo, hi = self.plan.token_id_range
+        return [self.rng.randrange(lo, hi) for _ in range(n)]
+
+    async def stream(self, prompt_len: int, max_tokens: int) -> tuple[float, list[float]]:
+        """Send one request; returns (start, arrival times of each streamed token)."""
+        body = {
+            "model": self.model,
+            "prompt": self.prompt(prompt_len),
+            "max_tokens": max_tokens,
+            "min_tokens": max_tokens,
+            "ignore_eos": True,
+            "temperature": 0.0,
+            "stream": True,
+        }
+        start = time.perf_counter()
+        stamps: list[float] = []
+        async with self.http.stream("POST", f"{self.base}/v1/completions", json=body) as resp:
+            if resp.status_code != 200:
+                text = (await resp.aread()).decode(errors="replace")[:300]
+                raise RuntimeError(f"worker answered HTTP {resp.status_code}: {text}")
+            async for line in resp.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                payload = line[5:].strip()
+                if payload == "[DONE]":
+                    break
+                chunk = json.loads(payload)
+                choices = chunk.get("choices") or []
+                if choices and choices[0].get("text") is not None:
+                    stamps.append(time.perf_counter())
+        return start, stamps
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+
+async def _calibrate(base_url: str, plan: CalibrationPlan, model: str | None,
+                     budget_s: float) -> CalibrationResult:
+    client = _Client(base_url, model, plan)
+    deadline = time.perf_counter() + budget_s
+    measurements: list[Measurement] = []
+    try:
+        await client.resolve_model()
+        await client.stream(8, 2)  # warm-up
+        # decode steps
+        single_decode: list[float] = []
+        for p in plan.prompt_tokens:
+            for b in plan.batch_sizes:
+                if time.perf_counter() > deadline:
+                    break
+                runs = await asyncio.gather(
+                    *[client.stream(p, plan.decode_tokens) for _ in range(b)]
+                )
+                gaps = []
+                lo = max(2, plan.decode_tokens // 4)
+                hi = plan.decode_tokens - 2
+                all_first = max(stamps[0] for _, stamps in runs if stamps)
+                for _, stamps in runs:
+                    for k in range(lo, min(hi, len(stamps))):
+                        if stamps[k - 1] >= all_first:
+                            gaps.append(stamps[k] - stamps[k - 1])
+                if not gaps:
+                    continue
+                step = statistics.median(gaps)
+                mid = (lo + hi) // 2
+                measurements.append(
+                    Measurement("decode", BatchShape([], [], b, b * (p + mid)), step)
+                )
+                if b == 1:
+                    single_decode.append(step)
+        # prefill steps
+        ttfts: dict[int, float] = {}
+        for p in plan.prefill_probe_tokens:
+            best = float("inf")
+            for _ in range(plan.repeats):
+                if time.perf_counter() > deadline:
+                    break
+                start, stamps = await client.stream(p, 1)
+                if stamps:
+                    best = min(best, stamps[0] - start)
+            if best < float("inf"):
+                ttfts[p] = best
+        if ttfts and single_decode:
+            p_min = min(ttfts)
+            overhead = max(0.0, ttfts[p_min] - statistics.median(single_decode))
+            for p, t in sorted(ttfts.items()):
+                measurements.append(
+                    Measurement("prefill", BatchShape([p], [0], 0, 0), max(t - overhead, 1e-4))
+                )
+    finally:
+        await client.close()
+    if len(measurements) < 6:
+        raise RuntimeError(f"only {len(measurements)} usable measurements; is the worker busy?")
+    fitted = fit_linear(
+        [m.batch for m in measurements],
+        [m.seconds for m in measurements],
+        source=f"calibrated against {base_url} (model {client.model})",
+    )
+    return CalibrationResult(fitted, measurements)
+
+
+def run_calibration(
+    base_url: str, plan: CalibrationPlan, model: str | None = None, budget_s: float = 240.0
+) -> CalibrationResult:
+    return asyncio.run(_calibrate(base_url, plan, model, budget_s))

@@ -1,0 +1,382 @@
+"""``lengthwise simulate …``: replay a trace through the simulated gateway and engines.
+
+``lengthwise simulate TRACE [options]`` runs one simulation (``run`` is the
+default subcommand); ``calibrate`` fits a step-time model to a live vLLM
+worker; ``fit-cost-model`` fits the linear model to an operator table.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from typer.core import TyperGroup
+
+
+class _DefaultRunGroup(TyperGroup):
+    """Makes ``lengthwise simulate TRACE …`` mean ``lengthwise simulate run TRACE …``."""
+
+    def parse_args(self, ctx, args):  # type: ignore[no-untyped-def]
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, cls=_DefaultRunGroup, help=__doc__)
+
+
+class PolicyChoice(StrEnum):
+    FCFS = "fcfs"
+    SJF = "sjf"
+    SJF_AGED = "sjf-aged"
+    SJF_ORACLE = "sjf-oracle"
+    SJF_AGED_ORACLE = "sjf-aged-oracle"
+
+
+class EngineQueueChoice(StrEnum):
+    AUTO = "auto"
+    FCFS = "fcfs"
+    PRIORITY = "priority"
+
+
+class PredictionChoice(StrEnum):
+    AUTO = "auto"
+    PREDICTOR = "predictor"
+    TRACE = "trace"
+    ORACLE = "oracle"
+    ORACLE_NOISE = "oracle-noise"
+    NONE = "none"
+
+
+CASTILLO = "castillo"
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def _parse_floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        _fail(f"expected comma-separated numbers, got {text!r}")
+        raise
+
+
+def _load_trained_predictor():
+    """The predictor package's trained artifact (built by ``lengthwise predictor train``)."""
+    try:
+        from predictor.model import load_predictor  # type: ignore[attr-defined]
+    except ImportError as exc:
+        _fail(f"the trained predictor is not available ({exc}); use --prediction-source "
+              "oracle-noise (a synthetic predictor) or oracle")
+    return load_predictor()
+
+
+@app.command("run")
+def run(
+    trace: Annotated[str, typer.Argument(help="Trace file (.csv/.jsonl) or 'castillo'")],
+    cost_model: Annotated[Path, typer.Option(help="Operator-table folder or linear-model .json")],
+    num_layers: Annotated[Optional[int], typer.Option(help="Decoder layers (operator tables time one)")] = None,
+    step_overhead_ms: Annotated[float, typer.Option(help="Host time added to every step")] = 0.0,
+    max_num_seqs: Annotated[int, typer.Option()] = 256,
+    max_num_batched_tokens: Annotated[int, typer.Option()] = 2048,
+    kv_cache_tokens: Annotated[int, typer.Option(help="KV capacity per worker, tokens")] = 262_144,
+    block_size: Annotated[int, typer.Option()] = 16,
+    max_model_len: Annotated[Optional[int], typer.Option(help="Longest prompt+output accepted")] = None,
+    workers: Annotated[int, typer.Option()] = 1,
+    policy: Annotated[PolicyChoice, typer.Option()] = PolicyChoice.FCFS,
+    engine_queue: Annotated[EngineQueueChoice, typer.Option(
+        help="vLLM --scheduling-policy; auto = fcfs for --policy fcfs, else priority")] = EngineQueueChoice.AUTO,
+    aging_s_per_token: Annotated[float, typer.Option()] = 0.05,
+    point_estimate: Annotated[str, typer.Option(help="mean, p50 or p90")] = "mean",
+    prediction_source: Annotated[PredictionChoice, typer.Option()] = PredictionChoice.AUTO,
+    noise_sigma: Annotated[float, typer.Option(help="oracle-noise: log-normal sigma")] = 0.5,
+    admission_max_seqs: Annotated[Optional[int], typer.Option(help="Per-worker in-flight limit")] = None,
+    admission_max_predicted_tokens: Annotated[Optional[float], typer.Option()] = None,
+    queue_capacity: Annotated[Optional[int], typer.Option(help="Gateway queue bound")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Use the first N trace records")] = None,
+    castillo_data: Annotated[Optional[list[Path]], typer.Option(help="CASTILLO parquet(s)")] = None,
+    castillo_model: Annotated[Optional[str], typer.Option(help="Keep rows of this model")] = None,
+    num_requests: Annotated[int, typer.Option(help="castillo: number of requests")] = 2000,
+    rate: Annotated[float, typer.Option(help="castillo: Poisson arrival rate, req/s")] = 1.0,
+    arrival_trace: Annotated[Optional[Path], typer.Option(help="castillo: take arrival times from this trace")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    output_json: Annotated[Optional[Path], typer.Option()] = None,
+    per_request: Annotated[Optional[Path], typer.Option(help="Per-request .csv or .parquet")] = None,
+    sweep_rate: Annotated[Optional[str], typer.Option(
+        help="Comma-separated loads (offered/saturation), e.g. 0.5,0.7,0.9")] = None,
+    policies: Annotated[str, typer.Option(help="--sweep-rate: policies to compare")] = "fcfs,sjf,sjf-oracle",
+    plot: Annotated[Optional[Path], typer.Option(help="--sweep-rate: latency-vs-load PNG")] = None,
+    progress: Annotated[Optional[bool], typer.Option(help="Progress bar (default: long runs)")] = None,
+) -> None:
+    """Replay TRACE through the gateway policy and vLLM-like engines."""
+    from server.policy import AdmissionLimits, EngineQueueMode, PolicyConfig, PointEstimate
+
+    from .latency import load_cost_model
+    from .replica import EngineConfig
+    from .simulation import SimConfig
+
+    try:
+        latency = load_cost_model(cost_model, num_layers, step_overhead_ms / 1000.0)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    requests = _load_requests(trace, limit, castillo_data, castillo_model, num_requests, rate,
+                              arrival_trace, seed)
+    try:
+        estimate = PointEstimate(point_estimate)
+        base_policy = PolicyConfig(point_estimate=estimate, aging_s_per_token=aging_s_per_token)
+        admission = AdmissionLimits(admission_max_seqs, admission_max_predicted_tokens)
+        engine_kwargs = dict(
+            max_num_seqs=max_num_seqs,
+            max_num_batched_tokens=max_num_batched_tokens,
+            kv_cache_tokens=kv_cache_tokens,
+            block_size=block_size,
+        )
+        EngineConfig(**engine_kwargs)  # validate early
+    except ValueError as exc:
+        _fail(str(exc))
+
+    def config_for(choice: PolicyChoice) -> SimConfig:
+        if engine_queue == EngineQueueChoice.AUTO:
+            mode = EngineQueueMode.FCFS if choice == PolicyChoice.FCFS else EngineQueueMode.PRIORITY
+        else:
+            mode = EngineQueueMode(engine_queue.value)
+        return SimConfig(
+            engine=EngineConfig(**engine_kwargs, queue_mode=mode),
+            workers=workers,
+            policy=base_policy,
+            admission=admission,
+            queue_capacity=queue_capacity,
+            max_model_len=max_model_len,
+        )
+
+    predictor_cache: dict = {}
+
+    def predictions(choice: PolicyChoice) -> tuple[list[float], str]:
+        return _predictions(choice, prediction_source, requests, estimate.value, noise_sigma,
+                            seed, predictor_cache)
+
+    show_progress = progress if progress is not None else len(requests) > 5000
+    if sweep_rate:
+        _run_sweep(requests, sweep_rate, policies, config_for, predictions, latency,
+                   output_json, plot, trace)
+        return
+    _run_one(requests, policy, config_for(policy), predictions, latency, output_json,
+             per_request, show_progress, trace)
+
+
+def _policy_name(choice: PolicyChoice):
+    from server.policy import PolicyName
+
+    return {
+        PolicyChoice.FCFS: PolicyName.FCFS,
+        PolicyChoice.SJF: PolicyName.SJF,
+        PolicyChoice.SJF_AGED: PolicyName.SJF_AGED,
+        PolicyChoice.SJF_ORACLE: PolicyName.SJF,
+        PolicyChoice.SJF_AGED_ORACLE: PolicyName.SJF_AGED,
+    }[choice]
+
+
+def _predictions(choice, source, requests, estimate, noise_sigma, seed, cache):
+    from .predictions import PredictionError, PredictionSource, predictions_for
+
+    if choice in (PolicyChoice.SJF_ORACLE, PolicyChoice.SJF_AGED_ORACLE):
+        resolved = PredictionSource.ORACLE
+    elif choice == PolicyChoice.FCFS and source == PredictionChoice.AUTO:
+        resolved = PredictionSource.NONE
+    elif source != PredictionChoice.AUTO:
+        resolved = PredictionSource(source.value)
+    elif all(r.predicted_tokens is not None for r in requests):
+        resolved = PredictionSource.TRACE
+    elif all(r.prompt_text for r in requests):
+        resolved = PredictionSource.PREDICTOR
+    else:
+        _fail("this trace has neither predictions nor prompt text: choose --prediction-source "
+              "oracle-noise (synthetic, named as such) or oracle")
+    predictor = None
+    if resolved == PredictionSource.PREDICTOR:
+        if "predictor" not in cache:
+            cache["predictor"] = _load_trained_predictor()
+        predictor = cache["predictor"]
+    key = (resolved, estimate)
+    if key not in cache:
+        try:
+            cache[key] = predictions_for(resolved, requests, predictor=predictor,
+                                         estimate=estimate, noise_sigma=noise_sigma, seed=seed)
+        except PredictionError as exc:
+            _fail(str(exc))
+    return cache[key], resolved.value
+
+
+def _load_requests(trace, limit, castillo_data, castillo_model, num_requests, rate,
+                   arrival_trace, seed):
+    from .trace import TraceFormatError, load_trace
+    from .workload import castillo_workload, load_castillo_rows, poisson_arrivals
+
+    if trace != CASTILLO:
+        try:
+            requests = load_trace(trace, limit=limit)
+        except TraceFormatError as exc:
+            _fail(str(exc))
+        if not requests:
+            _fail(f"{trace}: no replayable requests")
+        return requests
+    from predictor.locations import shared_dir
+
+    paths = castillo_data or [shared_dir() / "castillo" / "validate.parquet"]
+    try:
+        rows = load_castillo_rows(paths, model=castillo_model)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    if arrival_trace is not None:
+        try:
+            arrivals = [r.arrival_time for r in load_trace(arrival_trace, limit=num_requests)]
+        except TraceFormatError as exc:
+            _fail(str(exc))
+    else:
+        arrivals = poisson_arrivals(num_requests, rate, seed)
+    return castillo_workload(rows, arrivals, seed=seed)
+
+
+def _run_one(requests, choice, config, predictions, latency, output_json, per_request,
+             show_progress, trace) -> None:
+    from dataclasses import replace
+
+    from .report import summarize, write_json, write_per_request
+    from .simulation import run_simulation
+
+    preds, source = predictions(choice)
+    config = replace(config, policy=replace(config.policy, name=_policy_name(choice)))
+    hook = None
+    bar = None
+    if show_progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(requests), unit="req", file=sys.stderr, desc="simulating")
+
+        def hook(done: int, _now: float) -> None:
+            bar.update(done - bar.n)
+
+    result = run_simulation(requests, preds, config, latency, progress=hook)
+    if bar is not None:
+        bar.close()
+    summary = summarize(
+        result,
+        {
+            "trace": str(trace),
+            "policy": choice.value,
+            "prediction_source": source,
+            "engine": {
+                "max_num_seqs": config.engine.max_num_seqs,
+                "max_num_batched_tokens": config.engine.max_num_batched_tokens,
+                "kv_cache_tokens": config.engine.kv_cache_tokens,
+                "block_size": config.engine.block_size,
+                "scheduling_policy": config.engine.queue_mode.value,
+            },
+            "workers": config.workers,
+            "cost_model": latency.describe(),
+        },
+    )
+    if output_json:
+        write_json(summary, output_json)
+    if per_request:
+        write_per_request(result, per_request)
+    typer.echo(json.dumps(summary, indent=2))
+
+
+def _run_sweep(requests, sweep_rate, policies, config_for, predictions, latency, output_json,
+               plot, trace) -> None:
+    from .report import write_json
+    from .sweep import PolicyArm, plot_sweep, run_sweep
+
+    loads = _parse_floats(sweep_rate)
+    if not loads or any(not 0 < x for x in loads):
+        _fail("--sweep-rate needs positive loads")
+    arms = []
+    sources = {}
+    for name in [p.strip() for p in policies.split(",") if p.strip()]:
+        try:
+            choice = PolicyChoice(name)
+        except ValueError:
+            _fail(f"unknown policy {name!r}")
+        preds, source = predictions(choice)
+        sources[name] = source
+        arms.append(PolicyArm(name, _policy_name(choice), preds))
+    # One engine mode per arm: fcfs runs plain vLLM, the others priority.
+    reports = {}
+    base_config = config_for(PolicyChoice.SJF)
+    fcfs_config = config_for(PolicyChoice.FCFS)
+    report = run_sweep(
+        requests,
+        arms,
+        loads,
+        base_config,
+        latency,
+        progress=lambda line: typer.echo(line, err=True),
+        config_for_arm=lambda arm: fcfs_config if arm.label == "fcfs" else base_config,
+    )
+    report.update({"trace": str(trace), "requests": len(requests), "prediction_sources": sources,
+                   "cost_model": latency.describe()})
+    reports = report
+    if output_json:
+        write_json(reports, output_json)
+    if plot:
+        plot_sweep(reports, plot)
+    typer.echo(json.dumps({k: v for k, v in reports.items() if k != "policies"}, indent=2))
+
+
+@app.command("fit-cost-model")
+def fit_cost_model(
+    cost_model: Annotated[Path, typer.Option(help="Operator-table folder")],
+    num_layers: Annotated[int, typer.Option()],
+    output: Annotated[Path, typer.Option(help="Linear model .json to write")],
+    max_num_seqs: Annotated[int, typer.Option()] = 256,
+    max_num_batched_tokens: Annotated[int, typer.Option()] = 2048,
+    max_context: Annotated[int, typer.Option()] = 8192,
+    samples: Annotated[int, typer.Option()] = 3000,
+    knee_tokens: Annotated[Optional[int], typer.Option(help="Piecewise split in tokens")] = 512,
+) -> None:
+    """Fit the linear step model to an operator table and write its coefficients."""
+    from .latency import OperatorTableModel, fit_linear, sample_batch_shapes
+
+    table = OperatorTableModel(cost_model, num_layers)
+    shapes = sample_batch_shapes(samples, max_num_seqs, max_num_batched_tokens, max_context)
+    times = [table.step_time(s) for s in shapes]
+    model = fit_linear(shapes, times, knee_tokens=knee_tokens,
+                       source=f"fit to {cost_model} x {num_layers} layers, {samples} random shapes")
+    model.save(output)
+    typer.echo(json.dumps(model.to_dict(), indent=2))
+
+
+@app.command("calibrate")
+def calibrate(
+    worker: Annotated[str, typer.Option(help="Base URL of a live vLLM OpenAI server")],
+    output: Annotated[Path, typer.Option(help="Linear model .json to write")] = Path(
+        "reports/sim_calibration_cpu.json"),
+    model: Annotated[Optional[str], typer.Option(help="Served model name (default: first listed)")] = None,
+    batch_sizes: Annotated[str, typer.Option()] = "1,4,8,16",
+    prompt_tokens: Annotated[str, typer.Option()] = "32,256,768",
+    decode_tokens: Annotated[int, typer.Option(help="max_tokens per request in decode runs")] = 24,
+    timeout_s: Annotated[float, typer.Option()] = 240.0,
+) -> None:
+    """Measure a live worker over a short sweep of batch shapes and fit the step model."""
+    from .calibrate import CalibrationPlan, run_calibration
+
+    plan = CalibrationPlan(
+        batch_sizes=[int(x) for x in _parse_floats(batch_sizes)],
+        prompt_tokens=[int(x) for x in _parse_floats(prompt_tokens)],
+        decode_tokens=decode_tokens,
+    )
+    try:
+        result = run_calibration(worker, plan, model=model, budget_s=timeout_s)
+    except (OSError, ValueError, RuntimeError) as exc:
+        _fail(f"calibration failed: {exc}")
+    result.model.save(output)
+    typer.echo(json.dumps({"model": result.model.to_dict(), "measurements": result.table()},
+                          indent=2))
