@@ -491,7 +491,8 @@ def main(argv: list[str] | None = None) -> int:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
     for path in stale:
-        print(f"{'out of date' if args.check else 'wrote'}: {path.relative_to(REPO_ROOT)}")
+        shown = path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path
+        print(f"{'out of date' if args.check else 'wrote'}: {shown}")
     return 1 if (args.check and stale) else 0
 
 
