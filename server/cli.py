@@ -1,0 +1,95 @@
+"""``lengthwise serve``: run the gateway (and, with no workers configured, one local vLLM worker)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(no_args_is_help=False, add_completion=False)
+
+
+@app.command()
+def serve(
+    host: Optional[str] = typer.Option(None, help="Listen address (default 127.0.0.1)."),
+    port: Optional[int] = typer.Option(None, help="Listen port (default 8000)."),
+    worker: Optional[list[str]] = typer.Option(
+        None, "--worker", help="Base URL of a running vLLM server; repeat for several. "
+        "Without any (here, in the config file or LENGTHWISE_WORKERS), a local vLLM CPU "
+        "worker serving SmolLM2-135M-Instruct is started.",
+    ),
+    config: Optional[Path] = typer.Option(
+        None, "--config", exists=True, dir_okay=False,
+        help="Settings file (YAML, TOML or JSON); env LENGTHWISE_* and flags override it.",
+    ),
+    policy: Optional[str] = typer.Option(None, help="fcfs, sjf or sjf-aged."),
+    max_sequences_per_worker: Optional[int] = typer.Option(
+        None, help="Admission limit: in-flight requests per worker."
+    ),
+    queue_capacity: Optional[int] = typer.Option(None, help="Requests the queue holds."),
+    api_key: Optional[list[str]] = typer.Option(
+        None, "--api-key", help="Accepted API key; repeat for several (default: none needed)."
+    ),
+    request_log: Optional[Path] = typer.Option(None, help="JSON Lines request log path."),
+    predictor_dir: Optional[Path] = typer.Option(None, help="Trained predictor folder."),
+    worker_port: int = typer.Option(0, help="Port of the local vLLM worker (0: a free one)."),
+    log_level: str = typer.Option("info", help="Gateway log level."),
+    help_config: bool = typer.Option(False, "--help-config", help="List every setting and exit."),
+) -> None:
+    """Serve the OpenAI-compatible gateway."""
+    import logging
+
+    import uvicorn
+
+    from server.app import create_app, default_predictor
+    from server.config import describe_settings, load_config
+
+    if help_config:
+        typer.echo(describe_settings())
+        raise typer.Exit(0)
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    overrides = {
+        "host": host, "port": port, "workers": worker or None, "policy": policy,
+        "max_sequences_per_worker": max_sequences_per_worker, "queue_capacity": queue_capacity,
+        "api_keys": api_key or None, "request_log_path": request_log,
+        "predictor_dir": predictor_dir,
+    }
+    cfg = load_config(config, overrides)
+    local_worker = None
+    if not cfg.workers and not cfg.worker_dns_name:
+        local_worker = _start_local_worker(worker_port)
+        cfg = cfg.model_copy(update={"workers": [local_worker.base_url]})
+    try:
+        typer.echo("Loading the length predictor ...")
+        predictor = default_predictor(cfg)
+        application = create_app(cfg, predictor=predictor)
+        base = f"http://{cfg.host}:{cfg.port}/v1"
+        typer.echo(f"Lengthwise gateway on {base}  (policy {cfg.policy.value}, "
+                   f"workers: {', '.join(cfg.workers) or cfg.worker_dns_name})")
+        typer.echo(f"Point an OpenAI client at it:  OpenAI(base_url=\"{base}\", "
+                   f"api_key={'<one of your keys>' if cfg.api_keys else 'any string'!r})")
+        if local_worker is not None:
+            from server.local_model import SERVED_MODEL_NAME
+
+            typer.echo(f"Model: {SERVED_MODEL_NAME}")
+        uvicorn.run(
+            application, host=cfg.host, port=cfg.port, log_level=log_level,
+            timeout_graceful_shutdown=int(cfg.shutdown_grace_s), access_log=False,
+        )
+    finally:
+        if local_worker is not None:
+            typer.echo("Stopping the local vLLM worker ...")
+            local_worker.stop()
+
+
+def _start_local_worker(port: int):
+    from server.local_model import prepare_local_model
+    from server.worker_process import WorkerConfig, WorkerProcess, free_port
+
+    typer.echo("No workers configured: preparing SmolLM2-135M-Instruct (once) ...")
+    model = prepare_local_model()
+    worker = WorkerProcess(WorkerConfig(model_path=model.path, port=port or free_port()))
+    typer.echo(f"Starting a local vLLM CPU worker on {worker.base_url} (about a minute) ...")
+    worker.start()
+    return worker
