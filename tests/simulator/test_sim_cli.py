@@ -1,0 +1,96 @@
+"""``lengthwise simulate`` end to end through its Typer app (real files, real models)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from predictor.locations import shared_dir
+from simulator.cli import app
+from simulator.latency import LinearStepModel
+
+TABLES = shared_dir() / "costmodels" / "llmservingsim_rtxpro6000_llama31_8b"
+
+
+@pytest.fixture()
+def trace(tmp_path):
+    p = tmp_path / "t.csv"
+    lines = ["arrival_time_s,input_tokens,output_tokens"]
+    lines += [f"{i * 0.05},{50 + (i * 37) % 400},{5 + (i * 53) % 120}" for i in range(200)]
+    p.write_text("\n".join(lines) + "\n")
+    return p
+
+
+@pytest.fixture()
+def linear(tmp_path):
+    p = tmp_path / "lin.json"
+    LinearStepModel({"intercept": 0.01, "tokens": 2e-5, "decode_kv": 1e-8}).save(p)
+    return p
+
+
+def test_run_writes_json_and_per_request(tmp_path, trace, linear):
+    out, rows = tmp_path / "o.json", tmp_path / "r.csv"
+    result = CliRunner().invoke(app, [
+        str(trace), "--cost-model", str(linear), "--max-num-seqs", "16",
+        "--max-num-batched-tokens", "512", "--kv-cache-tokens", "8192", "--block-size", "16",
+        "--workers", "2", "--policy", "sjf-oracle", "--output-json", str(out),
+        "--per-request", str(rows),
+    ])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert data["requests"] == 200 and data["completed"] == 200
+    for key in ("ttft_ms", "tpot_ms", "e2e_ms"):
+        assert set(data[key]) == {"mean", "p50", "p90", "p99"}
+    for key in ("throughput_tok_s", "preemptions", "peak_kv_usage", "sim_wall_s"):
+        assert key in data
+    assert data["prediction_source"] == "oracle"
+    assert len(rows.read_text().splitlines()) == 201
+
+
+def test_operator_table_run(tmp_path, trace):
+    if not TABLES.exists():
+        pytest.skip("shared cost model not present")
+    result = CliRunner().invoke(app, [
+        "run", str(trace), "--cost-model", str(TABLES), "--num-layers", "32",
+        "--policy", "fcfs", "--per-request", str(tmp_path / "r.parquet"),
+    ])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["completed"] == 200
+
+
+def test_sjf_without_prompts_or_predictions_needs_an_explicit_source(trace, linear):
+    result = CliRunner().invoke(app, [str(trace), "--cost-model", str(linear), "--policy", "sjf"])
+    assert result.exit_code == 2
+    assert "oracle-noise" in result.output
+    ok = CliRunner().invoke(app, [str(trace), "--cost-model", str(linear), "--policy", "sjf",
+                                  "--prediction-source", "oracle-noise"])
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.stdout)["prediction_source"] == "oracle-noise"
+
+
+def test_sweep_writes_report_and_plot(tmp_path, trace, linear):
+    out, png = tmp_path / "s.json", tmp_path / "s.png"
+    result = CliRunner().invoke(app, [
+        str(trace), "--cost-model", str(linear), "--max-num-seqs", "8",
+        "--sweep-rate", "0.5,0.9", "--policies", "fcfs,sjf,sjf-oracle",
+        "--prediction-source", "oracle-noise", "--output-json", str(out), "--plot", str(png),
+    ])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert data["loads"] == [0.5, 0.9]
+    assert set(data["policies"]) == {"fcfs", "sjf", "sjf-oracle"}
+    assert data["mean_e2e_relative_to_fcfs"]["fcfs"] == [1.0, 1.0]
+    assert len(data["gap_to_oracle"]["sjf"]["mean_e2e_ratio_to_oracle"]) == 2
+    assert png.stat().st_size > 0
+
+
+def test_bad_input_is_a_clear_error(tmp_path, linear):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("foo,bar\n1,2\n")
+    result = CliRunner().invoke(app, [str(bad), "--cost-model", str(linear)])
+    assert result.exit_code == 2
+    assert "unrecognised columns" in result.output
+    result = CliRunner().invoke(app, [str(bad), "--cost-model", str(tmp_path / "nope.json")])
+    assert result.exit_code == 2
