@@ -101,7 +101,8 @@ def run(
     admission_max_predicted_tokens: Annotated[Optional[float], typer.Option()] = None,
     queue_capacity: Annotated[Optional[int], typer.Option(help="Gateway queue bound")] = None,
     limit: Annotated[Optional[int], typer.Option(help="Use the first N trace records")] = None,
-    castillo_data: Annotated[Optional[list[Path]], typer.Option(help="CASTILLO parquet(s)")] = None,
+    castillo_data: Annotated[Optional[Path], typer.Option(help="CASTILLO file or folder (default: shared copy)")] = None,
+    castillo_all_prompts: Annotated[bool, typer.Option(help="castillo: also use the predictor's training prompts")] = False,
     castillo_model: Annotated[Optional[str], typer.Option(help="Keep rows of this model")] = None,
     num_requests: Annotated[int, typer.Option(help="castillo: number of requests")] = 2000,
     rate: Annotated[float, typer.Option(help="castillo: Poisson arrival rate, req/s")] = 1.0,
@@ -127,7 +128,7 @@ def run(
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
     requests = _load_requests(trace, limit, castillo_data, castillo_model, num_requests, rate,
-                              arrival_trace, seed)
+                              arrival_trace, seed, not castillo_all_prompts)
     try:
         estimate = PointEstimate(point_estimate)
         base_policy = PolicyConfig(point_estimate=estimate, aging_s_per_token=aging_s_per_token)
@@ -215,7 +216,7 @@ def _predictions(choice, source, requests, estimate, noise_sigma, seed, cache):
 
 
 def _load_requests(trace, limit, castillo_data, castillo_model, num_requests, rate,
-                   arrival_trace, seed):
+                   arrival_trace, seed, heldout_only):
     from .trace import TraceFormatError, load_trace
     from .workload import castillo_workload, load_castillo_rows, poisson_arrivals
 
@@ -227,12 +228,11 @@ def _load_requests(trace, limit, castillo_data, castillo_model, num_requests, ra
         if not requests:
             _fail(f"{trace}: no replayable requests")
         return requests
-    from predictor.locations import shared_dir
+    from predictor.errors import CastilloDataError
 
-    paths = castillo_data or [shared_dir() / "castillo" / "validate.parquet"]
     try:
-        rows = load_castillo_rows(paths, model=castillo_model)
-    except (FileNotFoundError, ValueError) as exc:
+        rows = load_castillo_rows(castillo_data, model=castillo_model, heldout_only=heldout_only)
+    except (FileNotFoundError, ValueError, CastilloDataError) as exc:
         _fail(str(exc))
     if arrival_trace is not None:
         try:

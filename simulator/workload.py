@@ -6,10 +6,9 @@ ten sampled completion lengths (``output_sizes``), drawn with a seeded RNG.
 With real prompts the trained predictor can rank the requests, so
 predicted-SJF can be compared with oracle-SJF on the same draws.
 
-Rows that the CASTILLO paper classes as text degeneration (a completion hit
-the 15,000-token cap, or std > 2 x mean with max > 8,499) are left out: a
-server would cut them with ``max_tokens``, and one of them dominates a whole
-run's mean latency.
+Rows that the CASTILLO paper classes as text degeneration are left out (the
+predictor's own rule, ``predictor.cleaning``): a server would cut them with
+``max_tokens``, and one of them dominates a whole run's mean latency.
 """
 
 from __future__ import annotations
@@ -21,8 +20,6 @@ from pathlib import Path
 
 from .trace import SimRequest
 
-GENERATION_CAP = 15_000
-
 
 @dataclass(frozen=True, slots=True)
 class CastilloRow:
@@ -33,53 +30,43 @@ class CastilloRow:
     model: str
 
 
-def is_degenerate(output_sizes: Sequence[int]) -> bool:
-    import statistics
-
-    sizes = list(output_sizes)
-    if not sizes:
-        return True
-    mean = statistics.fmean(sizes)
-    std = statistics.pstdev(sizes)
-    return max(sizes) >= GENERATION_CAP or (std > 2 * mean and max(sizes) > 8_499)
-
-
 def load_castillo_rows(
-    paths: Sequence[str | Path],
+    source: str | Path | None = None,
     model: str | None = None,
-    exclude_prompt_ids: set[str] | None = None,
+    heldout_only: bool = True,
     keep_degenerate: bool = False,
 ) -> list[CastilloRow]:
-    """Rows of CASTILLO parquet/JSON files, optionally for one model (substring match)."""
-    import pandas as pd
+    """CASTILLO rows through the predictor's own loader, cleaning and split.
 
-    frames = []
-    for p in paths:
-        p = Path(p)
-        if not p.exists():
-            raise FileNotFoundError(f"CASTILLO file not found: {p}")
-        if p.suffix == ".parquet":
-            frames.append(
-                pd.read_parquet(
-                    p, columns=["prompt_id", "prompt_text", "input_size", "output_sizes", "model"]
-                )
-            )
-        else:
-            frames.append(pd.read_json(p, lines=p.suffix == ".jsonl"))
-    df = pd.concat(frames, ignore_index=True)
+    ``source`` is a file or folder (default: the shared copy, else the hub).
+    ``heldout_only`` keeps the predictor's test side of its prompt-grouped
+    split (``predictor.loader.grouped_split``), so the trained predictor is
+    judged on prompts it never saw. ``model`` keeps rows whose model name
+    contains it.
+    """
+    from predictor.cleaning import remove_degenerate
+    from predictor.loader import grouped_split, load_castillo
+
+    frame = load_castillo(source)
+    if not keep_degenerate:
+        frame, _report = remove_degenerate(frame)
+    if heldout_only:
+        _train, frame = grouped_split(frame)
     if model:
-        df = df[df["model"].str.contains(model, regex=False)]
-    rows = []
-    for rec in df.itertuples(index=False):
-        if exclude_prompt_ids and rec.prompt_id in exclude_prompt_ids:
-            continue
-        sizes = tuple(int(x) for x in rec.output_sizes)
-        if not keep_degenerate and is_degenerate(sizes):
-            continue
-        rows.append(
-            CastilloRow(str(rec.prompt_id), str(rec.prompt_text), int(rec.input_size), sizes,
-                        str(rec.model))
+        frame = frame[frame["model"].str.contains(model, regex=False)]
+    if "input_size" not in frame.columns:
+        raise ValueError("CASTILLO rows lack input_size (prompt tokens)")
+    rows = [
+        CastilloRow(
+            str(rec.prompt_id),
+            str(rec.prompt_text),
+            int(rec.input_size),
+            tuple(int(x) for x in rec.output_sizes),
+            str(rec.model),
         )
+        for rec in frame.itertuples(index=False)
+        if len(rec.output_sizes)
+    ]
     if not rows:
         raise ValueError(f"no CASTILLO rows left (model filter {model!r})")
     return rows

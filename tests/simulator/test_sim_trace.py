@@ -8,7 +8,7 @@ import pytest
 
 from predictor.locations import shared_dir
 from simulator.trace import TraceFormatError, load_trace, write_generic_jsonl
-from simulator.workload import castillo_workload, is_degenerate, poisson_arrivals, rescale_to_rate
+from simulator.workload import castillo_workload, poisson_arrivals, rescale_to_rate
 
 
 def test_azure_csv(tmp_path):
@@ -141,18 +141,14 @@ def test_castillo_workload_draws_lengths_from_the_row():
     assert (len(faster) - 1) / faster[-1].arrival_time == pytest.approx(40.0)
 
 
-def test_degeneration_rule():
-    assert is_degenerate([15000] + [10] * 9)
-    assert is_degenerate([9000] + [1] * 9)
-    assert not is_degenerate([100, 120, 90])
-
-
 def test_real_castillo_rows_when_present():
     from simulator.workload import load_castillo_rows
 
-    path = shared_dir() / "castillo" / "validate.parquet"
+    path = shared_dir() / "castillo"
     if not path.exists():
         pytest.skip("CASTILLO not present")
-    rows = load_castillo_rows([path], model="Llama-3.1-8B")
-    assert 1000 < len(rows) <= 2219
-    assert all(len(r.output_sizes) == 10 and r.prompt_text for r in rows)
+    heldout = load_castillo_rows(path, model="Llama-3.1-8B")
+    everything = load_castillo_rows(path, model="Llama-3.1-8B", heldout_only=False)
+    assert 100 < len(heldout) < 0.4 * len(everything)
+    assert all(len(r.output_sizes) == 10 and r.prompt_text for r in heldout)
+    assert {r.model for r in heldout} == {"meta-llama--Llama-3.1-8B-Instruct"}
