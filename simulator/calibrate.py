@@ -134,33 +134,9 @@ async def _calibrate(base_url: str, plan: CalibrationPlan, model: str | None,
     try:
         await client.resolve_model()
         await client.stream(8, 2)  # warm-up
-        # decode steps
-        single_decode: list[float] = []
-        for p in plan.prompt_tokens:
-            for b in plan.batch_sizes:
-                if time.perf_counter() > deadline:
-                    break
-                runs = await asyncio.gather(
-                    *[client.stream(p, plan.decode_tokens) for _ in range(b)]
-                )
-                gaps = []
-                lo = max(2, plan.decode_tokens // 4)
-                hi = plan.decode_tokens - 2
-                all_first = max(stamps[0] for _, stamps in runs if stamps)
-                for _, stamps in runs:
-                    for k in range(lo, min(hi, len(stamps))):
-                        if stamps[k - 1] >= all_first:
-                            gaps.append(stamps[k] - stamps[k - 1])
-                if not gaps:
-                    continue
-                step = statistics.median(gaps)
-                mid = (lo + hi) // 2
-                measurements.append(
-                    Measurement("decode", BatchShape([], [], b, b * (p + mid)), step)
-                )
-                if b == 1:
-                    single_decode.append(step)
-        # prefill steps
+        # Single-sequence decode first: it also sizes the fixed request overhead.
+        single_decode = await _decode_step(client, 1, min(plan.prompt_tokens), plan)
+        # prefill steps (cheap: one short request each)
         ttfts: dict[int, float] = {}
         for p in plan.prefill_probe_tokens:
             best = float("inf")
@@ -172,13 +148,25 @@ async def _calibrate(base_url: str, plan: CalibrationPlan, model: str | None,
                     best = min(best, stamps[0] - start)
             if best < float("inf"):
                 ttfts[p] = best
-        if ttfts and single_decode:
+        if ttfts and single_decode is not None:
             p_min = min(ttfts)
-            overhead = max(0.0, ttfts[p_min] - statistics.median(single_decode))
+            overhead = max(0.0, ttfts[p_min] - single_decode[1])
             for p, t in sorted(ttfts.items()):
                 measurements.append(
                     Measurement("prefill", BatchShape([p], [0], 0, 0), max(t - overhead, 1e-4))
                 )
+        if single_decode is not None:
+            measurements.append(single_decode[0])
+        # decode steps across batch sizes and context lengths
+        for p in plan.prompt_tokens:
+            for b in plan.batch_sizes:
+                if time.perf_counter() > deadline:
+                    break
+                if b == 1 and p == min(plan.prompt_tokens):
+                    continue  # measured above
+                got = await _decode_step(client, b, p, plan)
+                if got is not None:
+                    measurements.append(got[0])
     finally:
         await client.close()
     if len(measurements) < 6:
@@ -189,6 +177,30 @@ async def _calibrate(base_url: str, plan: CalibrationPlan, model: str | None,
         source=f"calibrated against {base_url} (model {client.model})",
     )
     return CalibrationResult(fitted, measurements)
+
+
+async def _decode_step(
+    client: "_Client", b: int, p: int, plan: CalibrationPlan
+) -> tuple[Measurement, float] | None:
+    """``b`` concurrent ``p``-token prompts; the median token gap once all decode."""
+    runs = await asyncio.gather(*[client.stream(p, plan.decode_tokens) for _ in range(b)])
+    lo = max(2, plan.decode_tokens // 4)
+    hi = plan.decode_tokens - 2
+    firsts = [stamps[0] for _, stamps in runs if stamps]
+    if len(firsts) < b:
+        return None
+    all_first = max(firsts)
+    gaps = [
+        stamps[k] - stamps[k - 1]
+        for _, stamps in runs
+        for k in range(lo, min(hi, len(stamps)))
+        if stamps[k - 1] >= all_first
+    ]
+    if not gaps:
+        return None
+    step = statistics.median(gaps)
+    mid = (lo + hi) // 2
+    return Measurement("decode", BatchShape([], [], b, b * (p + mid)), step), step
 
 
 def run_calibration(

@@ -69,13 +69,10 @@ def _parse_floats(text: str) -> list[float]:
 
 
 def _load_trained_predictor():
-    """The predictor package's trained artifact (built by ``lengthwise predictor train``)."""
-    try:
-        from predictor.model import load_predictor  # type: ignore[attr-defined]
-    except ImportError as exc:
-        _fail(f"the trained predictor is not available ({exc}); use --prediction-source "
-              "oracle-noise (a synthetic predictor) or oracle")
-    return load_predictor()
+    """The default trained artifact (``predictor.api``); trains it first if it is missing."""
+    from predictor.api import load_default_predictor
+
+    return load_default_predictor()
 
 
 @app.command("run")
@@ -189,7 +186,9 @@ def _predictions(choice, source, requests, estimate, noise_sigma, seed, cache):
 
     if choice in (PolicyChoice.SJF_ORACLE, PolicyChoice.SJF_AGED_ORACLE):
         resolved = PredictionSource.ORACLE
-    elif choice == PolicyChoice.FCFS and source == PredictionChoice.AUTO:
+    elif choice == PolicyChoice.FCFS:
+        # FCFS never ranks by length; with several workers, routing then
+        # balances sequence counts rather than using anybody's prediction.
         resolved = PredictionSource.NONE
     elif source != PredictionChoice.AUTO:
         resolved = PredictionSource(source.value)
@@ -379,4 +378,80 @@ def calibrate(
         _fail(f"calibration failed: {exc}")
     result.model.save(output)
     typer.echo(json.dumps({"model": result.model.to_dict(), "measurements": result.table()},
+                          indent=2))
+
+
+_RTX_TABLES = "costmodels/llmservingsim_rtxpro6000_llama31_8b"
+
+
+@app.command("bench-speed")
+def bench_speed(
+    trace: Annotated[Optional[Path], typer.Option(help="Default: shared azure2023_conv.csv")] = None,
+    cost_model: Annotated[Optional[Path], typer.Option(help="Default: shared RTX PRO 6000 tables")] = None,
+    num_layers: Annotated[int, typer.Option()] = 32,
+    kv_cache_tokens: Annotated[int, typer.Option()] = 520_000,
+    output_json: Annotated[Path, typer.Option()] = Path("reports/sim_speed.json"),
+) -> None:
+    """Benchmark: replay the whole Azure 2023 conv trace on one worker; wall and CPU time."""
+    from predictor.locations import shared_dir
+
+    from .benchmarks import speed_benchmark
+    from .latency import load_cost_model
+    from .replica import EngineConfig
+    from .report import write_json
+
+    trace = trace or shared_dir() / "traces" / "azure2023_conv.csv"
+    latency = load_cost_model(cost_model or shared_dir() / _RTX_TABLES, num_layers)
+    engine = EngineConfig(256, 2048, kv_cache_tokens, 16)
+    report = speed_benchmark(trace, latency, engine)
+    report["engine"] = {"max_num_seqs": 256, "max_num_batched_tokens": 2048,
+                        "kv_cache_tokens": kv_cache_tokens, "block_size": 16}
+    write_json(report, output_json)
+    typer.echo(json.dumps({k: v for k, v in report.items() if k != "summary"}, indent=2))
+
+
+@app.command("study")
+def study(
+    cost_model: Annotated[Optional[Path], typer.Option(help="Default: shared RTX PRO 6000 tables")] = None,
+    num_layers: Annotated[int, typer.Option()] = 32,
+    castillo_model: Annotated[str, typer.Option(help="CASTILLO rows of the costed LLM")] = "Llama-3.1-8B",
+    loads: Annotated[str, typer.Option()] = "0.5,0.6,0.7,0.8,0.9,0.95",
+    num_requests: Annotated[int, typer.Option()] = 2000,
+    seeds: Annotated[str, typer.Option()] = "0,1,2",
+    admission_caps: Annotated[str, typer.Option(
+        help="Per-worker admission limits to compare; 'none' = plain vLLM")] = "none,32",
+    max_num_seqs: Annotated[int, typer.Option()] = 256,
+    max_num_batched_tokens: Annotated[int, typer.Option()] = 2048,
+    kv_cache_tokens: Annotated[int, typer.Option()] = 520_000,
+    output_json: Annotated[Path, typer.Option()] = Path("reports/sim_castillo_study.json"),
+    plot: Annotated[Optional[Path], typer.Option()] = Path("reports/sim_castillo_study.png"),
+) -> None:
+    """Benchmark: fcfs vs sjf (trained predictor) vs sjf-oracle on CASTILLO at loads 0.5-0.95."""
+    from predictor.locations import shared_dir
+
+    from .benchmarks import castillo_study, plot_study
+    from .latency import load_cost_model
+    from .replica import EngineConfig
+    from .report import write_json
+
+    latency = load_cost_model(cost_model or shared_dir() / _RTX_TABLES, num_layers)
+    engine = EngineConfig(max_num_seqs, max_num_batched_tokens, kv_cache_tokens, 16)
+    caps = [None if c.strip().lower() == "none" else int(c) for c in admission_caps.split(",")]
+    predictor = _load_trained_predictor()
+    t0 = __import__("time").perf_counter()
+    report = castillo_study(
+        latency, engine, predictor,
+        model_filter=castillo_model,
+        loads=_parse_floats(loads),
+        num_requests=num_requests,
+        seeds=[int(s) for s in _parse_floats(seeds)],
+        admission_caps=caps,
+        progress=lambda line: typer.echo(line, err=True),
+    )
+    report["predictor_version"] = getattr(predictor, "version", None)
+    report["wall_s"] = __import__("time").perf_counter() - t0
+    write_json(report, output_json)
+    if plot:
+        plot_study(report, plot)
+    typer.echo(json.dumps({k: v["mean_over_seeds"] for k, v in report["deployments"].items()},
                           indent=2))

@@ -101,9 +101,9 @@ def run_sweep(
             gap = []
             for r, o, b in zip(results[label], results[oracle], base or results[label]):
                 span = b["e2e_ms"]["mean"] - o["e2e_ms"]["mean"]
-                gap.append(
-                    (r["e2e_ms"]["mean"] - o["e2e_ms"]["mean"]) / span if span > 0 else None
-                )
+                # undefined when the oracle gains (almost) nothing over FCFS
+                meaningful = span > 0.01 * b["e2e_ms"]["mean"]
+                gap.append((r["e2e_ms"]["mean"] - o["e2e_ms"]["mean"]) / span if meaningful else None)
             report.setdefault("gap_to_oracle", {})[label] = {
                 "mean_e2e_ratio_to_oracle": [
                     r["e2e_ms"]["mean"] / o["e2e_ms"]["mean"]

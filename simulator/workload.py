@@ -39,19 +39,20 @@ def load_castillo_rows(
     """CASTILLO rows through the predictor's own loader, cleaning and split.
 
     ``source`` is a file or folder (default: the shared copy, else the hub).
-    ``heldout_only`` keeps the predictor's test side of its prompt-grouped
-    split (``predictor.loader.grouped_split``), so the trained predictor is
-    judged on prompts it never saw. ``model`` keeps rows whose model name
+    ``heldout_only`` keeps the prompts the default predictor artifact holds
+    out of training (``predictor.artifact.split_holdout``), so the trained
+    predictor is judged on prompts it never saw. ``model`` keeps rows whose model name
     contains it.
     """
+    from predictor.artifact import split_holdout
     from predictor.cleaning import remove_degenerate
-    from predictor.loader import grouped_split, load_castillo
+    from predictor.loader import load_castillo
 
     frame = load_castillo(source)
     if not keep_degenerate:
         frame, _report = remove_degenerate(frame)
     if heldout_only:
-        _train, frame = grouped_split(frame)
+        _train, frame = split_holdout(frame)
     if model:
         frame = frame[frame["model"].str.contains(model, regex=False)]
     if "input_size" not in frame.columns:
