@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 
 from server.errors import GatewayError, bad_request, from_validation_error, json_response
+from server.rate_limit import charge_when_finished
 from server.schemas import ChatCompletionRequest, CompletionRequest
 
 router = APIRouter()
@@ -95,10 +96,15 @@ def _parse(model: type[BaseModel], data: dict[str, Any]) -> Any:
 
 async def _completion(request: Request, endpoint: str, model: type[BaseModel]) -> Response:
     gw = request.app.state.gateway
-    gw.auth.check(request.headers.get("authorization"))
+    key = gw.auth.check(request.headers.get("authorization"))
+    limiter = request.app.state.rate_limiter
+    limiter.admit(key)
     data = await read_json_body(request, gw.cfg.max_body_bytes, gw.cfg.body_read_timeout_s)
     parsed = _parse(model, data)
-    return await gw.service.handle(endpoint, data, parsed, request.receive)
+    response = await gw.service.handle(endpoint, data, parsed, request.receive)
+    if limiter.tokens_per_min is not None:
+        charge_when_finished(response, lambda tokens: limiter.charge_tokens(key, tokens))
+    return response
 
 
 @router.post("/v1/chat/completions", openapi_extra=_body_schema(ChatCompletionRequest),

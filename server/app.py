@@ -32,6 +32,8 @@ from server.engine_stats import EngineStats, EngineStatsPoller
 from server.errors import install_error_handlers
 from server.metrics import GatewayMetrics
 from server.policy import make_policy
+from server.rate_limit import RateLimiter
+from server.auth_guard import ApiKeyGuard, open_paths
 from server.request_log import RequestLog
 
 log = logging.getLogger(__name__)
@@ -111,6 +113,8 @@ def create_app(
         service = CompletionService(
             cfg, dispatcher, pool, client, length_predictor, metrics, request_log, clock
         )
+        app.state.rate_limiter = RateLimiter(
+            cfg.rate_limit_requests_per_min, cfg.rate_limit_tokens_per_min, clock)
         app.state.gateway = Gateway(
             cfg, pool, dispatcher, service, metrics, ApiKeyAuth(cfg.api_keys), monitor,
             stats_poller, client, request_log,
@@ -137,5 +141,7 @@ def create_app(
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    app.add_middleware(ApiKeyGuard, auth=ApiKeyAuth(cfg.api_keys),
+                       open_paths=open_paths(cfg.metrics_require_auth))
     app.include_router(router)
     return app

@@ -17,9 +17,10 @@ class ApiKeyAuth:
     def enabled(self) -> bool:
         return bool(self._keys)
 
-    def check(self, authorization: str | None) -> None:
+    def check(self, authorization: str | None) -> str:
+        """The presented key when it is accepted ("" when no keys are configured); else 401."""
         if not self._keys:
-            return
+            return ""
         presented = _bearer(authorization)
         if presented is None:
             raise _unauthorized("Missing API key: send 'Authorization: Bearer <key>'.")
@@ -31,6 +32,7 @@ class ApiKeyAuth:
             matched |= hmac.compare_digest(candidate, key)
         if not matched:
             raise _unauthorized("Incorrect API key provided.")
+        return presented
 
 
 def _bearer(authorization: str | None) -> str | None:

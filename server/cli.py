@@ -40,10 +40,9 @@ def serve(
     """Serve the OpenAI-compatible gateway."""
     import logging
 
-    import uvicorn
-
     from server.app import create_app, default_predictor
     from server.config import describe_settings, load_config
+    from server.shutdown import serve_app
 
     if help_config:
         typer.echo(describe_settings())
@@ -73,10 +72,8 @@ def serve(
             from server.local_model import SERVED_MODEL_NAME
 
             typer.echo(f"Model: {SERVED_MODEL_NAME}")
-        uvicorn.run(
-            application, host=cfg.host, port=cfg.port, log_level=log_level,
-            timeout_graceful_shutdown=int(cfg.shutdown_grace_s), access_log=False,
-        )
+        # SIGTERM drains (503 to new requests, in-flight ones finish), then exits 0.
+        serve_app(application, cfg, log_level=log_level)
     finally:
         if local_worker is not None:
             typer.echo("Stopping the local vLLM worker ...")

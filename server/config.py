@@ -123,6 +123,11 @@ class GatewayConfig(BaseSettings):
     whatever its Authorization header."""
     metrics_require_auth: bool = False
     """Also require a key for ``/metrics`` (``/health`` never needs one)."""
+    rate_limit_requests_per_min: int | None = Field(None, ge=1)
+    """Per API key: completion requests per minute (``None``: unlimited); beyond it 429."""
+    rate_limit_tokens_per_min: int | None = Field(None, ge=1)
+    """Per API key: prompt plus completion tokens per minute (``None``: unlimited); beyond
+    it 429 (see ``server.rate_limit``)."""
 
     # --- outputs ---------------------------------------------------------------
     request_log_path: Path | None = Field(default_factory=lambda: cache_dir() / "requests.jsonl")
