@@ -49,6 +49,10 @@ class EventLoop:
     def __len__(self) -> int:
         return len(self._heap)
 
+    def next_time(self) -> float:
+        """Time of the earliest pending event (infinity when none)."""
+        return self._heap[0][0] if self._heap else float("inf")
+
     def run(self, until: float | None = None, on_event: Callable[[], None] | None = None) -> None:
         """Pop -> handle until the heap is empty (or the clock passes ``until``)."""
         heap = self._heap

@@ -79,7 +79,7 @@ class SimGateway:
     def on_arrival(self, now: float, record: RequestRecord) -> None:
         req = record.request
         self._records[req.request_id] = record
-        if req.prompt_tokens + req.output_tokens > self.max_model_tokens:
+        if max(1, req.prompt_tokens) + req.output_tokens > self.max_model_tokens:
             # vLLM rejects a request whose prompt + max_tokens exceed
             # max_model_len; here that is the KV capacity, since a lone
             # request that cannot fit would otherwise block its worker forever.
@@ -124,7 +124,9 @@ class SimGateway:
             load.in_flight_predicted_tokens + qr.predicted_tokens,
         )
         req = record.request
-        seq = Seq(req.request_id, req.prompt_tokens, req.output_tokens, priority, now, record)
+        # vLLM needs at least one prompt token (traces may record 0)
+        seq = Seq(req.request_id, max(1, req.prompt_tokens), req.output_tokens, priority, now,
+                  record)
         record.dispatch_time = now
         record.worker_id = worker_id
         record.priority = priority

@@ -234,7 +234,9 @@ class OperatorTableModel:
             for r in attn_rows
         }
         self._attention = NestedTable(points)
-        self._cache: dict[tuple[int, int, int, int, int, int], float] = {}
+        self._cache: dict[tuple[int, int, int, int, int], float] = {}
+        self._dense_cache: dict[tuple[int, int], float] = {}
+        self._decode_tables: dict[int, Table1D] = {}
 
     @staticmethod
     def _combine(tables: dict[str, dict[float, float]], counts: dict[str, int] | None) -> Table1D:
@@ -245,7 +247,29 @@ class OperatorTableModel:
         return Table1D(xs, ys)
 
     def attention_us(self, pc: float, kp: float, nd: float, kvd: float) -> float:
+        if pc == 0 and kp == 0 and nd >= 1 and nd == int(nd):
+            return max(0.0, self._decode_attention(int(nd))(kvd))
         return max(0.0, self._attention(pc, kp, nd, kvd))
+
+    def _decode_attention(self, nd: int) -> Table1D:
+        """Decode-only attention for ``nd`` sequences as a 1-D table over KV length.
+
+        Equal to the nested interpolation (linear in n_decode at each KV grid
+        point), precomputed once per batch size because decode-only steps are
+        the bulk of a simulation.
+        """
+        table = self._decode_tables.get(nd)
+        if table is None:
+            keys, children = self._attention._root  # type: ignore[misc]
+            lo, hi, w = _bracket(keys, 0.0)
+            kp_keys, kp_children = children[lo]
+            n_keys, n_children = kp_children[0]
+            lo, hi, w = _bracket(n_keys, float(nd))
+            a, b = n_children[lo], n_children[hi]
+            xs = sorted(set(a.xs) | set(b.xs))
+            table = Table1D(xs, [a(x) + (b(x) - a(x)) * w for x in xs])
+            self._decode_tables[nd] = table
+        return table
 
     def step_time(self, batch: BatchShape) -> float:
         pc = sum(batch.prefill_chunks)
@@ -259,15 +283,21 @@ class OperatorTableModel:
             kp = max(0, round((batch.prefill_attention_work() - pc * pc * 0.5) / pc))
         kvd = round(batch.decode_kv_sum / nd) if nd else 0
         seqs = n_prefills + nd
-        key = (pc, kp, nd, kvd, seqs, n_prefills)
+        key = (pc, kp, nd, kvd, seqs)
         cached = self._cache.get(key)
         if cached is not None:
             return cached
         tokens = pc + nd
-        per_layer = self._layer_dense(tokens) + self.attention_us(pc, kp, nd, kvd)
-        total_us = (
-            self.num_layers * per_layer + self._model_dense(tokens) + self._per_seq(seqs)
-        )
+        dense_key = (tokens, seqs)
+        dense = self._dense_cache.get(dense_key)
+        if dense is None:
+            dense = (
+                self.num_layers * self._layer_dense(tokens)
+                + self._model_dense(tokens)
+                + self._per_seq(seqs)
+            )
+            self._dense_cache[dense_key] = dense
+        total_us = dense + self.num_layers * self.attention_us(pc, kp, nd, kvd)
         seconds = max(total_us * 1e-6 + self.step_overhead_s, 1e-6)
         if len(self._cache) < 2_000_000:
             self._cache[key] = seconds

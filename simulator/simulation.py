@@ -31,6 +31,8 @@ class SimConfig:
     max_model_len: int | None = None
     #: keep a record per engine step (tests use it for invariants)
     record_steps: bool = False
+    #: advance steady pure-decode stretches in one pass (exact; see replica.py)
+    fast_forward: bool = True
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -77,7 +79,7 @@ def run_simulation(
     loop = EventLoop()
     replicas = [
         Replica(f"w{i}", config.engine, latency, loop, on_finish=lambda *_: None,
-                record_steps=config.record_steps)
+                record_steps=config.record_steps, fast_forward=config.fast_forward)
         for i in range(config.workers)
     ]
     queue = PolicyQueue(make_policy(config.policy), capacity=config.queue_capacity)
