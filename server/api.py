@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 
 from server.errors import GatewayError, bad_request, from_validation_error, json_response
+from server.openapi_schema import inline_body_schema
 from server.rate_limit import charge_when_finished
 from server.schemas import ChatCompletionRequest, CompletionRequest
 
@@ -28,7 +29,7 @@ def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
     return {
         "requestBody": {
             "required": True,
-            "content": {"application/json": {"schema": model.model_json_schema()}},
+            "content": {"application/json": {"schema": inline_body_schema(model)}},
         }
     }
 
