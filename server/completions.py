@@ -22,6 +22,7 @@ import httpx
 from starlette.responses import Response
 from starlette.types import Receive
 
+from predictor.errors import PredictorInputError
 from predictor.types import LengthPrediction, LengthPredictor
 from server.backends import WorkerPool
 from server.config import GatewayConfig
@@ -119,7 +120,10 @@ class CompletionService:
         if parsed.model not in healthy_models:
             raise GatewayError(404, f"The model `{parsed.model}` does not exist.",
                                param="model", code="model_not_found")
-        prediction, predicted = self._predict(endpoint, parsed)
+        try:
+            prediction, predicted = self._predict(endpoint, parsed)
+        except PredictorInputError as exc:
+            raise bad_request(str(exc), code="invalid_value") from None
         ticket = _Ticket(
             request_id=f"lw-{uuid.uuid4().hex}", endpoint=endpoint, model=parsed.model,
             stream=parsed.stream, n=parsed.n, cap=parsed.length_cap(), arrival=arrival,
