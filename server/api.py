@@ -70,7 +70,7 @@ async def read_json_body(request: Request, max_bytes: int, timeout_s: float) -> 
     except UnicodeDecodeError:
         raise bad_request("the request body is not valid UTF-8", code="invalid_encoding") from None
     try:
-        data = json.loads(text)
+        data = json.loads(text, parse_constant=_reject_non_json_constant)
     except RecursionError:
         raise bad_request("the request body is nested too deeply") from None
     except ValueError as exc:
@@ -78,7 +78,24 @@ async def read_json_body(request: Request, max_bytes: int, timeout_s: float) -> 
                           code="invalid_json") from None
     if not isinstance(data, dict):
         raise bad_request("the request body must be a JSON object")
+    if ("\\ud" in text or "\\uD" in text) and _has_lone_surrogate(data):
+        # Python's json accepts an unpaired "\ud800" escape, but no UTF-8 encoder (ours to
+        # the worker included) can write it back out.
+        raise bad_request("the request body holds an unpaired UTF-16 surrogate escape",
+                          code="invalid_encoding")
     return data
+
+
+def _reject_non_json_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _has_lone_surrogate(data: Any) -> bool:
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _too_large(max_bytes: int) -> GatewayError:

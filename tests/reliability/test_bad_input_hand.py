@@ -1,0 +1,194 @@
+"""Bad input, by hand: huge bodies, deep nesting, invalid UTF-8, absurd n and max_tokens,
+and slowloris-style slow clients, against the gateway process. Each gets a clear
+OpenAI-format 4xx (never a 5xx or a hang) and the gateway keeps serving others."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from reliability_harness import MODEL, Gateway, Standin, assert_openai_error, chat_body
+
+CHAT = "/v1/chat/completions"
+MAX_BODY = 1024 * 1024
+BODY_TIMEOUT_S = 2.0
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory) -> Iterator[Gateway]:
+    worker = Standin(token_delay_s=0.0).start()
+    gateway = Gateway(tmp_path_factory.mktemp("hand"), [worker.url], max_body_bytes=MAX_BODY,
+                      body_read_timeout_s=BODY_TIMEOUT_S, max_n=16).start()
+    yield gateway
+    gateway.stop()
+    worker.kill()
+
+
+def post_raw(gw: Gateway, body: bytes, headers: dict[str, str] | None = None) -> httpx.Response:
+    return httpx.post(gw.url + CHAT, content=body, timeout=30,
+                      headers={"content-type": "application/json", **(headers or {})})
+
+
+def test_huge_body_with_length_gets_413(gw):
+    body = json.dumps(chat_body("x" * (4 * MAX_BODY))).encode()
+    err = assert_openai_error(post_raw(gw, body), 413)
+    assert err["code"] == "request_too_large"
+
+
+def test_huge_chunked_body_without_length_gets_413(gw):
+    def chunks() -> Iterator[bytes]:
+        yield b'{"model": "standin", "messages": [{"role": "user", "content": "'
+        for _ in range(3 * MAX_BODY // 65536):
+            yield b"y" * 65536
+        yield b'"}]}'
+
+    resp = httpx.post(gw.url + CHAT, content=chunks(), timeout=30)
+    err = assert_openai_error(resp, 413)
+    assert err["code"] == "request_too_large"
+
+
+def test_lying_content_length_gets_413_before_any_body(gw):
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+        sock.sendall(f"POST {CHAT} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                     f"content-length: {10**12}\r\n\r\n{{}}".encode())
+        data = b""
+        while b"}}" not in data:
+            more = sock.recv(65536)
+            if not more:
+                break
+            data += more
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413"), data[:300]
+    assert json.loads(body)["error"]["code"] == "request_too_large"
+
+
+@pytest.mark.parametrize("shape", ["arrays", "objects", "messages"])
+def test_deeply_nested_json_gets_400(gw, shape):
+    depth = 100_000
+    if shape == "arrays":
+        nested = "[" * depth + "]" * depth
+    elif shape == "objects":
+        nested = '{"a":' * depth + "1" + "}" * depth
+    else:
+        nested = '[{"role": "user", "content": ' + '[{"a":' * 5000 + "1" + "}]" * 5000 + "}]"
+    body = f'{{"model": "{MODEL}", "messages": {nested}}}'.encode()
+    assert len(body) < MAX_BODY
+    resp = post_raw(gw, body)
+    assert resp.status_code == 400, resp.text[:300]
+    assert_openai_error(resp, 400)
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"model": "standin", "messages": [{"role": "user", "content": "\xff\xfe bad"}]}',
+    b'{"model": "standin", "messages": [{"role": "user", "content": "\xc0\xaf overlong"}]}',
+    b'{"model": "standin", "messages": [{"role": "user", "content": "\xed\xa0\x80 surrogate"}]}',
+    b"\xef\xbb\xbf" + b'{"model": "standin"}',  # a UTF-8 byte-order mark, which JSON forbids
+])
+def test_invalid_utf8_gets_400(gw, raw):
+    assert_openai_error(post_raw(gw, raw), 400)
+
+
+def test_lone_surrogate_escapes_and_nan_get_400(gw):
+    paired = b'{"model": "standin", "messages": [{"role": "user", "content": "\\ud83d\\ude00"}]}'
+    assert post_raw(gw, paired).status_code == 200
+    for raw in (b'{"model": "standin", "messages": [{"role": "user", "content": "\\ud800 x"}]}',
+                b'{"model": "standin", "messages": [{"role": "user", "content": "x"}], '
+                b'"user": "\\udfff"}',
+                b'{"model": "standin", "messages": [{"role": "user", "content": "x"}], '
+                b'"unknown_field": NaN}',b'{"model": "standin", "messages": [{"role": "user", "content": "x"}], '
+                b'"temperature": NaN}',
+                b'{"model": "standin", "messages": [{"role": "user", "content": "x"}], '
+                b'"max_tokens": Infinity}'):
+        assert_openai_error(post_raw(gw, raw), 400)
+
+
+def test_n_of_ten_thousand_gets_400(gw):
+    for path, body in [(CHAT, chat_body(n=10_000)),
+                       ("/v1/completions", {"model": MODEL, "prompt": "hi", "n": 10_000})]:
+        err = assert_openai_error(httpx.post(gw.url + path, json=body, timeout=10), 400)
+        assert err["param"] == "n"
+
+
+@pytest.mark.parametrize("max_tokens", [10**9, 10**30])
+@pytest.mark.parametrize("stream", [False, True])
+def test_absurd_max_tokens_gets_400_quickly(gw, max_tokens, stream):
+    # The worker refuses a length beyond its context window (vLLM's 400), and the gateway
+    # relays that error; nothing waits for a billion tokens.
+    start = time.monotonic()
+    resp = httpx.post(gw.url + CHAT, json=chat_body(max_tokens=max_tokens, stream=stream),
+                      timeout=30)
+    assert_openai_error(resp, 400)
+    assert time.monotonic() - start < 10
+
+
+def _slow_body_client(port: int, declared: int, sent_every_s: float) -> tuple[int | None, float]:
+    """Send headers, then trickle the body a byte at a time. Returns (status, seconds)."""
+    start = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(
+            f"POST {CHAT} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            f"content-length: {declared}\r\n\r\n".encode()
+        )
+        sock.settimeout(sent_every_s)
+        data = b""
+        for _ in range(declared):
+            try:
+                sock.sendall(b" ")
+            except OSError:
+                break
+            try:
+                data += sock.recv(65536)
+                if data:
+                    break
+            except TimeoutError:
+                continue
+        sock.settimeout(10)
+        try:
+            while b"\r\n\r\n" not in data:
+                more = sock.recv(65536)
+                if not more:
+                    break
+                data += more
+        except OSError:
+            pass
+    elapsed = time.monotonic() - start
+    if not data.startswith(b"HTTP/1.1 "):
+        return None, elapsed
+    status = int(data.split(b" ")[1])
+    head, _, rest = data.partition(b"\r\n\r\n")
+    if status == 400:
+        assert b'"type": "invalid_request_error"' in rest or b"body_timeout" in rest or not rest
+    return status, elapsed
+
+
+async def test_slowloris_clients_are_cut_off_and_do_not_starve_others(gw):
+    # 40 clients trickle their bodies; 150 more open connections and never finish headers.
+    idle: list[socket.socket] = []
+    try:
+        for _ in range(150):
+            s = socket.create_connection(("127.0.0.1", gw.port), timeout=5)
+            s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nx-slow: ")
+            idle.append(s)
+        slow = [asyncio.to_thread(_slow_body_client, gw.port, 500, 0.25) for _ in range(40)]
+        slow_task = asyncio.gather(*slow)
+        await asyncio.sleep(0.5)
+        # Meanwhile ordinary clients are served.
+        async with httpx.AsyncClient(timeout=10) as client:
+            normal = await asyncio.gather(*(
+                client.post(gw.url + CHAT, json=chat_body("LEN=3")) for _ in range(20)))
+        assert [r.status_code for r in normal] == [200] * 20
+        results = await slow_task
+    finally:
+        for s in idle:
+            s.close()
+    for status, elapsed in results:
+        # Cut off with a 400 once the body deadline passes, well before the body would end.
+        assert status == 400, results
+        assert BODY_TIMEOUT_S - 0.5 <= elapsed <= BODY_TIMEOUT_S + 8, results
+    assert httpx.get(gw.url + "/health", timeout=5).status_code == 200
