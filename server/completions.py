@@ -121,7 +121,10 @@ class CompletionService:
             raise GatewayError(404, f"The model `{parsed.model}` does not exist.",
                                param="model", code="model_not_found")
         try:
-            prediction, predicted = self._predict(endpoint, parsed)
+            if self.cfg.predict_in_thread:
+                prediction, predicted = await asyncio.to_thread(self._predict, endpoint, parsed)
+            else:
+                prediction, predicted = self._predict(endpoint, parsed)
         except PredictorInputError as exc:
             raise bad_request(str(exc), code="invalid_value") from None
         ticket = _Ticket(

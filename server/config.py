@@ -137,6 +137,9 @@ class GatewayConfig(BaseSettings):
     """On SIGTERM, time allowed for in-flight requests to finish."""
 
     # --- predictor -------------------------------------------------------------
+    predict_in_thread: bool = True
+    """Run the length predictor in a worker thread, so a slow prediction (text features,
+    embeddings) never blocks the event loop that relays other requests' tokens."""
     predictor_dir: Path | None = None
     """Folder of a trained length predictor; ``None`` uses the predictor package's default
     location (training it first if needed)."""
