@@ -94,3 +94,24 @@ def test_bad_input_is_a_clear_error(tmp_path, linear):
     assert "unrecognised columns" in result.output
     result = CliRunner().invoke(app, [str(bad), "--cost-model", str(tmp_path / "nope.json")])
     assert result.exit_code == 2
+
+
+def test_request_log_replays_with_its_own_predictions(tmp_path, linear):
+    from server.request_log import RequestLog, RequestRecord
+
+    log = RequestLog(tmp_path / "log.jsonl")
+    log.open()
+    for i in range(50):
+        log.write(RequestRecord(
+            request_id=f"q{i}", arrival_unix=1.7e9 + i * 0.1, endpoint="/v1/completions",
+            model="m", stream=False, n=1, max_tokens=None, policy="sjf", status="ok",
+            http_status=200, prompt_tokens=20 + i, predicted_mean=None, predicted_p50=None,
+            predicted_p90=None, predicted_tokens=float(100 - i), completion_tokens=10 + i,
+            finish_reasons=["stop"], worker="w0", attempts=1, queue_wait_s=0.0, ttft_s=0.1,
+            e2e_s=1.0))
+    log.close()
+    result = CliRunner().invoke(app, [str(tmp_path / "log.jsonl"), "--cost-model", str(linear),
+                                      "--policy", "sjf"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["prediction_source"] == "trace" and data["completed"] == 50

@@ -102,3 +102,16 @@ def test_fast_forward_is_exact(mode):
     for ra, rb in zip(fast.replicas, slow.replicas):
         assert ra.steps == rb.steps
         assert ra.peak_used_blocks == rb.peak_used_blocks
+
+
+def test_routing_spreads_work_by_predicted_tokens():
+    # pick_worker sends each request to the worker with the least predicted
+    # outstanding work: one huge prediction leaves the other worker the rest.
+    reqs = [SimRequest("huge", 0.0, 8, 50)] + [SimRequest(f"s{i}", 0.001 * (i + 1), 8, 5)
+                                               for i in range(6)]
+    preds = [1000.0] + [5.0] * 6
+    res = run_simulation(reqs, preds, config(policy=PolicyName.SJF, workers=2,
+                                             kv_cache_tokens=4096), constant_steps())
+    workers = {r.request.request_id: r.worker_id for r in res.records}
+    assert {workers[f"s{i}"] for i in range(6)} == {"w1"}
+    assert workers["huge"] == "w0"
