@@ -36,6 +36,8 @@ from server.worker_process import free_port
 pytestmark = [pytest.mark.slow]
 
 SCRAPE_INTERVAL_S = 1
+# Enough for every panel: chat and completions, streaming and not, some queueing.
+REQUESTS = 12
 # Grafana's $__rate_interval for a 1 s step and a 1 s scrape: max(step + scrape, 4 x scrape).
 RATE_INTERVAL = f"{4 * SCRAPE_INTERVAL_S}s"
 # Series that exist only after a rare event, which the traffic here does not cause.
@@ -200,9 +202,9 @@ def _send_traffic(gateway: Gateway, model: str) -> int:
 
     def one(i: int) -> bool:
         prompt = PROMPTS[i % len(PROMPTS)]
-        max_tokens = (8, 24, 48)[i % 3]
+        max_tokens = (4, 8, 16)[(i // 2) % 3]
         stream = i % 2 == 0
-        if i % 4 == 3:
+        if i % 3 == 2:  # completions for i = 2, 5, 8, 11: streaming and not
             path, body = "/v1/completions", {"prompt": prompt}
         else:
             path, body = "/v1/chat/completions", {"messages": [{"role": "user", "content": prompt}]}
@@ -210,15 +212,16 @@ def _send_traffic(gateway: Gateway, model: str) -> int:
                  "stream": stream}
         if stream:
             body["stream_options"] = {"include_usage": True}
-        with httpx.Client(base_url=gateway.base_url, timeout=120) as client:
+        # Generous: on a loaded 2-core machine the last queued request waits for all.
+        with httpx.Client(base_url=gateway.base_url, timeout=600) as client:
             if not stream:
                 return client.post(path, json=body).status_code == 200
             with client.stream("POST", path, json=body) as resp:
                 lines = [line for line in resp.iter_lines() if line]
                 return resp.status_code == 200 and lines[-1] == "data: [DONE]"
 
-    with ThreadPoolExecutor(max_workers=6) as pool:
-        return sum(pool.map(one, range(24)))
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return sum(pool.map(one, range(REQUESTS)))
 
 
 @pytest.fixture(scope="module")
@@ -229,7 +232,7 @@ def traffic_window(gateway, prometheus, vllm_worker) -> tuple[float, float]:
     )
     start = time.time()
     ok = _send_traffic(gateway, vllm_worker.model)
-    assert ok == 24, f"only {ok}/24 requests succeeded"
+    assert ok == REQUESTS, f"only {ok}/{REQUESTS} requests succeeded"
     # A few more scrapes and rule evaluations after the last request.
     time.sleep(4 * SCRAPE_INTERVAL_S)
     return start - 2 * SCRAPE_INTERVAL_S, time.time()
@@ -306,10 +309,26 @@ def test_prometheus_loaded_every_rule_and_they_evaluate_cleanly(prometheus, traf
         assert prometheus.query(name)["data"]["result"], name
 
 
-def test_no_paging_alert_fires_on_a_healthy_stack(prometheus, traffic_window):
-    firing = [a for a in prometheus._api("alerts", {})["data"]["alerts"]
-              if a["state"] == "firing" and a["labels"].get("severity") == "page"]
-    assert not firing
+# Alerts whose condition must be false on this healthy stack, whatever the machine's
+# speed (queue wait and prediction quality depend on load and on the predictor).
+HEALTHY_STACK_QUIET = ("LengthwiseGatewayDown", "LengthwiseGatewayAbsent",
+                       "LengthwiseNoHealthyWorker", "LengthwiseWorkerUnhealthy",
+                       "LengthwiseVLLMWorkerDown", "LengthwiseHighErrorRate",
+                       "LengthwiseQueueRejecting")
+
+
+def test_availability_alerts_are_quiet_on_a_healthy_stack(prometheus, traffic_window, deploy_dir):
+    """The conditions evaluate to nothing on the live label sets: e.g. the
+    `unless on (job, instance)` join of LengthwiseNoHealthyWorker matches the real
+    gateway's series (a label mismatch would make it fire here)."""
+    _, end = traffic_window
+    rules = {r["alert"]: r for r in _rules(deploy_dir) if "alert" in r}
+    noisy = {}
+    for name in HEALTHY_STACK_QUIET:
+        result = prometheus.query(rules[name]["expr"], at=end)["data"]["result"]
+        if result:
+            noisy[name] = result
+    assert not noisy
 
 
 def test_every_metric_the_dashboards_and_rules_use_is_scraped(prometheus, traffic_window,
