@@ -1,0 +1,62 @@
+"""The EDT formula on a batch of logits, as tensor operations.
+
+EDT (Zhang et al., 2024) decodes each step at temperature
+
+    T = T0 * N ** (theta / H)
+
+where H is the entropy of the request's next-token distribution. Settled here:
+
+* **H** is the Shannon entropy in nats of softmax(logits) over the *full*
+  vocabulary, taken after vLLM's penalties, logit bias, bad-words and
+  allowed-token masks (masked tokens carry probability 0 and contribute 0) and
+  before temperature, top-k, top-p and min-p.
+* Since 0 < N < 1 and theta >= 0, T <= T0: EDT only ever cools. Where the model
+  is unsure (high H) T approaches T0; where it is sure (low H) T falls fast.
+* **Floor.** As H -> 0 the formula sends T to 0 and the logits multiplier
+  T0/T to infinity (overflow, then NaN). We clamp T >= T0 * MIN_TEMPERATURE_RATIO
+  (1e-4), i.e. the multiplier to <= 10^4. That is greedy in all but name: a
+  logit gap of 0.01 becomes 100 nats / T0. The clamp binds when
+  H < theta * ln(1/N) / ln(10^4), e.g. H < 0.024 nats for theta = 1, N = 0.8.
+  fp32 logits of magnitude ~50 scaled by 10^4 stay far from overflow.
+
+The runners only need the multiplier ``T0 / T = exp(theta * ln(1/N) / H)``, which
+scales logits that have (V1 runner) or have not yet (Model Runner V2) been
+divided by T0; see ``vllm_v1`` and ``vllm_mrv2``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+MIN_TEMPERATURE_RATIO = 1e-4
+MAX_LOG_MULTIPLIER = math.log(1.0 / MIN_TEMPERATURE_RATIO)
+# Keeps theta/H finite when a row is one-hot (H = 0); the clamp above then binds.
+_ENTROPY_TINY = 1e-30
+
+
+def entropy_nats(logits: torch.Tensor) -> torch.Tensor:
+    """Row-wise Shannon entropy (nats) of softmax(logits); -inf entries count as p = 0."""
+    probs = torch.softmax(logits, dim=-1)
+    return torch.special.entr(probs).sum(dim=-1)
+
+
+def logit_multiplier(entropy: torch.Tensor, coefficient: torch.Tensor) -> torch.Tensor:
+    """T0 / T = exp(coefficient / H), clamped to the floor; coefficient = theta * ln(1/N)."""
+    log_mult = coefficient / entropy.clamp_min(_ENTROPY_TINY)
+    return torch.exp(log_mult.clamp(max=MAX_LOG_MULTIPLIER))
+
+
+def edt_temperature(
+    logits: torch.Tensor,
+    theta: torch.Tensor | float,
+    n: torch.Tensor | float,
+    t0: torch.Tensor | float,
+) -> torch.Tensor:
+    """Per-row EDT temperature T = T0 * N**(theta/H) for unscaled ``logits`` [rows, vocab]."""
+    theta_t = torch.as_tensor(theta, dtype=logits.dtype, device=logits.device)
+    n_t = torch.as_tensor(n, dtype=logits.dtype, device=logits.device)
+    t0_t = torch.as_tensor(t0, dtype=logits.dtype, device=logits.device)
+    coefficient = theta_t * torch.log(1.0 / n_t)
+    return t0_t / logit_multiplier(entropy_nats(logits), coefficient)
