@@ -31,10 +31,10 @@ REPO_ROOT = DEPLOY_DIR.parent
 if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(REPO_ROOT))
 
-from prometheus_client import CollectorRegistry  # noqa: E402
+from prometheus_client import CollectorRegistry
 
-from server.engine_stats import KV_CACHE_USAGE  # noqa: E402
-from server.metrics import GatewayMetrics  # noqa: E402
+from server.engine_stats import KV_CACHE_USAGE
+from server.metrics import GatewayMetrics
 
 DASHBOARD_DIR = DEPLOY_DIR / "grafana" / "dashboards"
 KUBERNETES_DIR = DEPLOY_DIR / "kubernetes"

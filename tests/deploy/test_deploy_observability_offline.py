@@ -16,7 +16,8 @@ from server.metrics import GatewayMetrics
 
 
 def _run(args: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=120)
+    return subprocess.run(args, cwd=cwd, check=False, capture_output=True, text=True,
+                          timeout=120)
 
 
 def test_promtool_accepts_both_scrape_configs(promtool, deploy_dir):

@@ -164,7 +164,7 @@ def prometheus(prometheus_binary, promtool, deploy_dir, gateway, vllm_worker,
     config_path = workdir / "prometheus.yml"
     config_path.write_text(yaml.safe_dump(_scrape_config(deploy_dir, gateway, worker_host_port)))
     check = subprocess.run([promtool, "check", "config", str(config_path)],
-                           capture_output=True, text=True, timeout=60)
+                           check=False, capture_output=True, text=True, timeout=60)
     assert check.returncode == 0, check.stdout + check.stderr
     port = free_port()
     log = workdir / "prometheus.log"
@@ -368,7 +368,8 @@ def _plot(results: dict, path: Path, t0: float) -> None:
     for ax, ((uid, title), entries) in zip(axes.flat, panels.items()):
         for legend, series_list in entries:
             for series in series_list:
-                label = re.sub(r"\{\{(\w+)\}\}", lambda m: series["metric"].get(m.group(1), ""),
+                labels = series["metric"]
+                label = re.sub(r"\{\{(\w+)\}\}", lambda m, lb=labels: lb.get(m.group(1), ""),
                                legend)
                 xs = [float(t) - t0 for t, _ in series["values"]]
                 ys = [float(v) for _, v in series["values"]]
