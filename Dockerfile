@@ -26,7 +26,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     LENGTHWISE_CACHE_DIR=/var/cache/lengthwise \
-    LENGTHWISE_PREDICTOR_DIR=/opt/lengthwise/predictor \
+    LENGTHWISE_PREDICTOR_DIR=/opt/lengthwise/predictor/v1 \
     LENGTHWISE_HOST=0.0.0.0 \
     LENGTHWISE_PORT=8000
 WORKDIR /opt/lengthwise/src
@@ -39,8 +39,11 @@ COPY server/ server/
 COPY predictor/ predictor/
 COPY simulator/ simulator/
 RUN pip install .
-COPY --from=predictor / /opt/lengthwise/predictor/
-RUN useradd --system --uid 10001 --home-dir /var/cache/lengthwise --create-home lengthwise
+RUN useradd --system --uid 10001 --home-dir /var/cache/lengthwise --create-home lengthwise \
+    && mkdir -p /opt/lengthwise/predictor && chown 10001:10001 /opt/lengthwise/predictor
+# The predictor loader takes a lock file beside the artifact folder
+# (/opt/lengthwise/predictor/.v1.lock), so that folder belongs to the service user.
+COPY --from=predictor --chown=10001:10001 / /opt/lengthwise/predictor/v1/
 USER 10001
 EXPOSE 8000
 # Workers come from LENGTHWISE_WORKERS (static list) or LENGTHWISE_WORKER_DNS_NAME

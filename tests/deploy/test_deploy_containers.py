@@ -299,3 +299,20 @@ def test_cpu_worker_image_serves_the_local_model(repo_root):
     assert cmd[cmd.index("--served-model-name") + 1] == SERVED_MODEL_NAME
     assert any("python -m server.local_model" in i["value"] for i in stage if i["instruction"] == "RUN")
     assert os.sep == "/"  # paths above are POSIX, as in the image
+
+
+def test_gateway_image_bakes_the_predictor_where_the_gateway_loads_it(repo_root, deploy_dir):
+    from predictor.artifact import default_artifact_dir
+
+    gateway = _stages(repo_root)["gateway"]
+    env_text = " ".join(i["value"] for i in gateway if i["instruction"] == "ENV")
+    predictor_dir = re.search(r"LENGTHWISE_PREDICTOR_DIR=(\S+)", env_text).group(1)
+    copies = [i["value"].split() for i in gateway if i["instruction"] == "COPY"
+              and "--from=predictor" in i["value"]]
+    assert len(copies) == 1 and copies[0][-1].rstrip("/") == predictor_dir
+    # The artifact folder's name is the predictor's versioned default (v<N>), and the
+    # Compose build context defaults to the folder `lengthwise predictor train` fills.
+    assert Path(predictor_dir).name == default_artifact_dir().name
+    build = _compose(deploy_dir)["services"]["gateway"]["build"]
+    context = _interpolate(build["additional_contexts"]["predictor"])
+    assert (deploy_dir / "compose" / context).resolve() == repo_root / ".cache" / "predictor" / default_artifact_dir().name
