@@ -59,6 +59,11 @@ class WorkerConfig:
     """``VLLM_CPU_OMP_THREADS_BIND``: ``nobind`` leaves threads unpinned so the
     worker shares a small machine with the gateway; ``auto`` or a CPU list
     (``"0-7"``) pins them, which suits a dedicated host."""
+    chunked_prefill: bool = False
+    """Off by default: vLLM 0.32's CPU runner crashes the whole engine when a
+    request with a ``seed`` has its prefill split across steps (the CPU torch
+    generator has no offset to rewind). With it off, ``max_num_batched_tokens``
+    is raised to ``max_model_len`` so any admissible prompt prefills in one step."""
     scheduling_policy: str = "priority"
     """vLLM's queue policy; ``priority`` lets the gateway's rank hold inside it."""
     enforce_eager: bool = True
@@ -102,6 +107,12 @@ class WorkerConfig:
         ]
         if self.enforce_eager:
             cmd.append("--enforce-eager")
+        if not self.chunked_prefill:
+            cmd += [
+                "--no-enable-chunked-prefill",
+                "--max-num-batched-tokens",
+                str(max(self.max_model_len, 2048)),
+            ]
         if self.logits_processors:
             cmd += ["--logits-processors", *self.logits_processors]
         if self.additional_config:
@@ -179,7 +190,7 @@ class WorkerProcess:
                 f"something already answers on {self.base_url}; pick another port", ""
             )
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = self.log_path.open("wb")
+        log = self.log_path.open("ab")  # append: a restart keeps the previous crash log
         try:
             self._proc = subprocess.Popen(
                 self.config.command(),
@@ -267,7 +278,16 @@ def main(argv: list[str] | None = None) -> int:
             f"(pid {worker.pid}, log {worker.log_path})",
             flush=True,
         )
-        signal.sigwait(stop_signals)
+        # Supervise: a worker that dies (e.g. an engine crash) is restarted, so a
+        # long-lived dev worker stays available.
+        failed_checks = 0
+        while signal.sigtimedwait(stop_signals, 10.0) is None:
+            failed_checks = 0 if is_healthy(worker.base_url, timeout_s=10) else failed_checks + 1
+            if not worker.running() or failed_checks >= 3:
+                print("vLLM worker died or stopped answering; restarting", flush=True)
+                worker.stop()
+                worker.start()
+                failed_checks = 0
     finally:
         worker.stop()
     return 0

@@ -1,0 +1,62 @@
+"""The evaluation's metrics behave as documented on small hand-made cases."""
+
+from __future__ import annotations
+
+import pytest
+
+from server.edt.evaluate import build_grid, pareto_front
+from server.edt.metrics import rouge_l_f1, score_setting, self_bleu, tradeoff_score
+
+
+def test_self_bleu_is_100_for_identical_samples_and_lower_for_varied_ones():
+    same = ["the cat sat on the mat today"] * 4
+    varied = [
+        "the cat sat on the mat today",
+        "a dog ran across the wide field",
+        "rain fell softly over the quiet town",
+        "the cat slept on the warm mat",
+    ]
+    assert self_bleu(same) == pytest.approx(100.0)
+    assert self_bleu(varied) < 30.0
+    with pytest.raises(ValueError):
+        self_bleu(["only one"])
+
+
+def test_rouge_l_rewards_overlap_with_the_reference():
+    ref = "Paris is the capital of France."
+    assert rouge_l_f1(["Paris is the capital of France."], ref) == pytest.approx(1.0)
+    assert rouge_l_f1(["Bananas are yellow."], ref) < rouge_l_f1(["The capital is Paris."], ref)
+
+
+def test_tradeoff_is_a_harmonic_mean_of_quality_and_diversity():
+    assert tradeoff_score(0.5, 50.0) == pytest.approx(0.5)
+    assert tradeoff_score(0.0, 0.0) == 0.0
+    assert tradeoff_score(0.2, 20.0) == pytest.approx(2 * 0.2 * 0.8 / 1.0)
+
+
+def test_length_statistics_separate_overall_and_within_prompt_spread():
+    scores = score_setting(
+        [["a b", "a c"], ["x y", "x z"]],
+        ["a b", "x y"],
+        [[10, 10], [30, 30]],
+        [[False, True], [False, False]],
+    )
+    assert scores.length_mean == 20.0
+    assert scores.length_cv == pytest.approx(0.5)
+    assert scores.within_prompt_length_cv == 0.0
+    assert scores.truncated_fraction == 0.25
+
+
+def test_pareto_front_keeps_only_undominated_settings():
+    rows = [
+        {"setting": "a", "rouge_l_f1": 0.3, "self_bleu": 50.0},
+        {"setting": "b", "rouge_l_f1": 0.2, "self_bleu": 20.0},
+        {"setting": "c", "rouge_l_f1": 0.2, "self_bleu": 60.0},  # beaten by a
+    ]
+    assert pareto_front(rows) == ["a", "b"]
+
+
+def test_grid_rejects_invalid_edt_settings_before_sending():
+    grid = build_grid([0.7], [1.0], [0.5], n=1.5)
+    with pytest.raises(ValueError):
+        grid[-1].request_extra()
