@@ -20,6 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
+from server.generation_probe import probe_generation
 from server.policy import WorkerLoad
 
 log = logging.getLogger(__name__)
@@ -225,8 +226,13 @@ class WorkerMonitor:
         await asyncio.gather(*(self._check(url) for url in urls))
 
     async def _check(self, url: str) -> None:
+        worker = self.pool.workers.get(url)
+        # A worker out of rotation after a failure must show it still generates.
+        returning = worker is not None and not worker.healthy and worker.consecutive_failures > 0
         try:
             models = await probe(self.client, url, self.health_timeout_s)
+            if returning:
+                await probe_generation(self.client, url, models, self.health_timeout_s)
         except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
             self.pool.report_failure(url, f"health check failed: {type(exc).__name__}: {exc}")
             return

@@ -291,7 +291,9 @@ class CompletionService:
         self, url: str, body: dict[str, Any], stream: bool, strip_usage: bool, remaining: float
     ) -> UpstreamReply | OpenStream:
         if not stream:
-            timeout = httpx.Timeout(remaining, connect=self.cfg.connect_timeout_s)
+            # first_byte_timeout_s bounds the whole answer (see config), leaving time to retry.
+            timeout = httpx.Timeout(min(self.cfg.first_byte_timeout_s, remaining),
+                                    connect=self.cfg.connect_timeout_s)
             return await post_complete(self.client, url, body, timeout)
         inspector = SSEInspector(self.clock, strip_usage)
         return await open_stream(
