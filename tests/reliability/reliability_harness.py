@@ -91,8 +91,9 @@ class Standin:
 class Gateway:
     """The gateway as a separate process on a free port, configured by a JSON file."""
 
-    def __init__(self, workdir: Path, workers: list[str], **settings: Any) -> None:
-        self.port = free_port()
+    def __init__(self, workdir: Path, workers: list[str], port: int | None = None,
+                 **settings: Any) -> None:
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.workdir = workdir
         self.config = {
