@@ -72,37 +72,40 @@ def castillo_study(
     progress: Callable[[str], None] | None = None,
 ) -> dict:
     rows = load_castillo_rows(None, model=model_filter, heldout_only=True)
-    deployments = {}
-    for cap in admission_caps:
-        label = "vllm_unlimited_admission" if cap is None else f"gateway_admission_{cap}"
-        per_seed = []
-        for seed in seeds:
-            # Poisson arrivals at rate 1; run_sweep rescales them to each load.
-            requests = castillo_workload(rows, poisson_arrivals(num_requests, 1.0, seed), seed)
-            preds_model = predictions_for(PredictionSource.PREDICTOR, requests, predictor=predictor)
-            arms = [
-                PolicyArm("fcfs", PolicyName.FCFS, [1.0] * len(requests)),
-                PolicyArm("sjf", PolicyName.SJF, preds_model),
-                PolicyArm("sjf-oracle", PolicyName.SJF,
-                          predictions_for(PredictionSource.ORACLE, requests)),
-            ]
+    labels = {cap: "vllm_unlimited_admission" if cap is None else f"gateway_admission_{cap}"
+              for cap in admission_caps}
+    per_seed: dict[int | None, list[dict]] = {cap: [] for cap in admission_caps}
+    for seed in seeds:
+        # Poisson arrivals at rate 1; run_sweep rescales them to each load.
+        requests = castillo_workload(rows, poisson_arrivals(num_requests, 1.0, seed), seed)
+        preds_model = predictions_for(PredictionSource.PREDICTOR, requests, predictor=predictor)
+        arms = [
+            PolicyArm("fcfs", PolicyName.FCFS, [1.0] * len(requests)),
+            PolicyArm("sjf", PolicyName.SJF, preds_model),
+            PolicyArm("sjf-oracle", PolicyName.SJF, predictions_for(PredictionSource.ORACLE, requests)),
+        ]
+        quality = _rank_quality(requests, preds_model)
+        for cap in admission_caps:
             sjf_cfg = SimConfig(
                 engine=replace(engine, queue_mode=EngineQueueMode.PRIORITY),
                 admission=AdmissionLimits(max_sequences=cap),
             )
             fcfs_cfg = replace(sjf_cfg, engine=replace(engine, queue_mode=EngineQueueMode.FCFS))
             if progress:
-                progress(f"{label} seed {seed}: {len(requests)} requests")
+                progress(f"{labels[cap]} seed {seed}: {len(requests)} requests")
             report = run_sweep(requests, arms, loads, sjf_cfg, latency, progress=progress,
-                               config_for_arm=lambda a: fcfs_cfg if a.label == "fcfs" else sjf_cfg)
+                               config_for_arm=lambda a, f=fcfs_cfg, s=sjf_cfg: f if a.label == "fcfs" else s)
             report["seed"] = seed
-            report["predictor_rank_quality"] = _rank_quality(requests, preds_model)
-            per_seed.append(report)
-        deployments[label] = {
+            report["predictor_rank_quality"] = quality
+            per_seed[cap].append(report)
+    deployments = {
+        labels[cap]: {
             "admission_max_sequences": cap,
-            "mean_over_seeds": _mean_over_seeds(per_seed, loads),
-            "per_seed": per_seed,
+            "mean_over_seeds": _mean_over_seeds(per_seed[cap], loads),
+            "per_seed": per_seed[cap],
         }
+        for cap in admission_caps
+    }
     return {
         "workload": {
             "source": "CASTILLO held-out prompts (predictor.artifact.split_holdout), degenerate "
