@@ -1,7 +1,128 @@
-"""``lengthwise predictor …`` subcommands."""
+"""``lengthwise predictor …`` subcommands: train, eval, predict, ablation."""
 
 from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Optional
 
 import typer
 
 app = typer.Typer(no_args_is_help=True, add_completion=False)
+
+
+class Split(str, Enum):
+    all = "all"
+    holdout = "holdout"
+
+
+def _print_json(data) -> None:
+    typer.echo(json.dumps(data, indent=2, default=float))
+
+
+@app.command()
+def train(
+    data: Optional[Path] = typer.Option(None, help="CASTILLO file or folder (default: shared copy, else the hub)"),
+    output: Optional[Path] = typer.Option(None, help="artifact directory (default: cache_dir()/predictor/v<version>)"),
+    holdout: bool = typer.Option(True, help="leave the fixed evaluation prompt group out of training"),
+) -> None:
+    """Train the length predictor artifact and print its meta.json summary."""
+    from predictor.artifact import read_meta, train_artifact
+    from predictor.loader import load_castillo
+
+    frame = load_castillo(data)
+    directory = train_artifact(frame, output, holdout=holdout, source=str(data or "default"))
+    meta = read_meta(directory)
+    _print_json({"artifact": str(directory), "training_seconds": meta["training_seconds"],
+                 "data": meta["data"], "feature_set": meta["feature_set"],
+                 "metrics": meta["metrics"]})
+
+
+@app.command("eval")
+def evaluate_command(
+    data: Path = typer.Option(..., help="CASTILLO-schema parquet/JSON file or folder"),
+    output_json: Path = typer.Option(..., help="where to write the figures"),
+    split: Split = typer.Option(Split.all, help="'holdout': only the rows of the default artifact's held-out prompt group"),
+    artifact: Optional[Path] = typer.Option(None, help="artifact directory (default: the default artifact, trained first if missing)"),
+    drop_degenerate: bool = typer.Option(False, help="also drop the paper's degenerate rows from the evaluation rows"),
+    latency_requests: int = typer.Option(500, help="single requests timed for the latency figures"),
+) -> None:
+    """Evaluate the trained predictor (benchmark figures, written as JSON)."""
+    from predictor.api import CastilloLengthPredictor
+    from predictor.artifact import default_artifact_dir, ensure_trained, read_meta, split_holdout
+    from predictor.baselines import Baselines
+    from predictor.cleaning import degenerate_mask, remove_degenerate
+    from predictor.evaluate import evaluate
+    from predictor.loader import read_path
+
+    directory = artifact or default_artifact_dir()
+    if read_meta(directory) is None:
+        if artifact is not None:
+            raise typer.BadParameter(f"no trained artifact in {artifact}")
+        directory = ensure_trained()
+    frame = read_path(data)
+    if split is Split.holdout:
+        _, frame = split_holdout(frame)
+    cap_hit, high_variance = degenerate_mask(frame)
+    degenerate = int((cap_hit | high_variance).sum())
+    if drop_degenerate:
+        frame, _ = remove_degenerate(frame)
+    if frame.empty:
+        raise typer.BadParameter("no rows to evaluate")
+    predictor = CastilloLengthPredictor.from_directory(directory)
+    baselines = Baselines.from_dict(json.loads((directory / "baselines.json").read_text()))
+    trained_on = set((directory / "train_prompt_ids.txt").read_text().split())
+    report = evaluate(predictor, frame, baselines, trained_on, latency_requests)
+    report.update({"data": str(data), "split": split.value, "rows_degenerate": degenerate,
+                   "degenerate_dropped": drop_degenerate, "artifact": str(directory),
+                   "artifact_version": predictor.version,
+                   "feature_set": predictor.meta.get("feature_set")})
+    output_json.parent.mkdir(parents=True, exist_ok=True)
+    output_json.write_text(json.dumps(report, indent=2))
+    summary = {k: v for k, v in report.items() if k != "kendall_tau_by_model"}
+    _print_json(summary)
+
+
+@app.command()
+def predict(
+    prompt: str = typer.Argument(..., help="prompt text, or a JSON list of chat messages with --messages"),
+    model: str = typer.Option(..., help="served model name"),
+    max_tokens: Optional[int] = typer.Option(None, help="the request's max_tokens (caps the prediction)"),
+    messages: bool = typer.Option(False, help="PROMPT is a JSON list of chat messages"),
+    artifact: Optional[Path] = typer.Option(None, help="artifact directory (default: trained if missing)"),
+) -> None:
+    """Predict one request's completion length; prints JSON."""
+    from dataclasses import asdict
+
+    from predictor.api import CastilloLengthPredictor, load_default_predictor
+    from predictor.errors import PredictorInputError
+
+    predictor = (CastilloLengthPredictor.from_directory(artifact) if artifact
+                 else load_default_predictor())
+    try:
+        payload = json.loads(prompt) if messages else prompt
+        prediction = predictor.predict(payload, model, max_tokens)
+    except (PredictorInputError, json.JSONDecodeError) as exc:
+        typer.echo(json.dumps({"error": str(exc)}), err=True)
+        raise typer.Exit(2) from exc
+    _print_json({**asdict(prediction), "model": model, "max_tokens": max_tokens,
+                 "artifact_version": predictor.version})
+
+
+@app.command()
+def ablation(
+    data: Optional[Path] = typer.Option(None, help="CASTILLO file or folder (default: shared copy)"),
+    output_json: Optional[Path] = typer.Option(None, help="default: reports/predictor_feature_ablation.json"),
+    minilm: bool = typer.Option(True, help="include the MiniLM feature set (needs the 'embeddings' extra)"),
+    latency_requests: int = typer.Option(300),
+) -> None:
+    """Measure what each text feature set buys (tau, MAE, latency) on the held-out prompts."""
+    from predictor.ablation import run_ablation
+    from predictor.locations import reports_dir
+
+    target = output_json or reports_dir() / "predictor_feature_ablation.json"
+    report = run_ablation(data, include_minilm=minilm, latency_requests=latency_requests)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(report, indent=2))
+    _print_json(report["summary"])

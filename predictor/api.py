@@ -1,0 +1,127 @@
+"""The predictor object the gateway and the simulator hold: load once, answer many.
+
+``load_default_predictor()`` trains the default artifact if needed and loads it.
+Thread-safe: all state is read-only after loading (LightGBM prediction and the
+numpy/scipy feature code do not mutate shared objects).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from predictor.artifact import ensure_trained, read_meta
+from predictor.errors import PredictorInputError
+from predictor.model import LengthModel
+from predictor.prompt_text import render_prompt
+from predictor.types import LengthPrediction, PromptOrMessages
+
+SAMPLING_KEYS = {"temperature", "top_p", "top_k", "min_p", "seed", "n", "presence_penalty",
+                 "frequency_penalty", "repetition_penalty"}
+
+
+def check_max_tokens(max_tokens) -> int | None:
+    if max_tokens is None:
+        return None
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, (int, np.integer)):
+        raise PredictorInputError(f"max_tokens must be an integer, got {max_tokens!r}")
+    if max_tokens < 1:
+        raise PredictorInputError(f"max_tokens must be at least 1, got {max_tokens}")
+    return int(max_tokens)
+
+
+def check_sampling(sampling) -> None:
+    """Validates sampling settings.
+
+    They are accepted but not model inputs: in CASTILLO each model was sampled
+    with one fixed setting, so a learned effect would be the model's, not the
+    setting's (see meta.json ``features``).
+    """
+    if sampling is None:
+        return
+    if not isinstance(sampling, Mapping):
+        raise PredictorInputError("sampling must be an object of sampling settings")
+    for key, value in sampling.items():
+        if key in SAMPLING_KEYS and value is not None:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise PredictorInputError(f"sampling.{key} must be a number, got {value!r}")
+            if not math.isfinite(float(value)):
+                raise PredictorInputError(f"sampling.{key} must be finite")
+    if float(sampling.get("temperature") or 0.0) < 0:
+        raise PredictorInputError("sampling.temperature must be >= 0")
+    top_p = sampling.get("top_p")
+    if top_p is not None and not 0.0 < float(top_p) <= 1.0:
+        raise PredictorInputError("sampling.top_p must be in (0, 1]")
+
+
+def check_model(model) -> str:
+    if not isinstance(model, str):
+        raise PredictorInputError(f"model must be a string, got {type(model).__name__}")
+    return model
+
+
+class CastilloLengthPredictor:
+    """Implements :class:`predictor.types.LengthPredictor` with a trained artifact."""
+
+    def __init__(self, model: LengthModel, meta: dict | None = None):
+        self._model = model
+        self.meta = meta or {}
+
+    @classmethod
+    def from_directory(cls, directory: Path | str) -> "CastilloLengthPredictor":
+        directory = Path(directory)
+        return cls(LengthModel.load(directory), read_meta(directory))
+
+    @property
+    def known_models(self) -> list[str]:
+        return list(self._model.models)
+
+    @property
+    def version(self) -> str:
+        return f"v{self.meta.get('artifact_version', '?')}-{self.meta.get('data', {}).get('fingerprint', '')[:12]}"
+
+    def is_known_model(self, model: str) -> bool:
+        return self._model.model_code(check_model(model)) is not None
+
+    def predict(self, prompt: PromptOrMessages, model: str, max_tokens: int | None = None,
+                sampling: dict | None = None) -> LengthPrediction:
+        return self.predict_batch([prompt], [model], [max_tokens], [sampling])[0]
+
+    def predict_batch(self, prompts: Sequence[PromptOrMessages], models: Sequence[str],
+                      max_tokens: Sequence[int | None] | None = None,
+                      samplings: Sequence[dict | None] | None = None) -> list[LengthPrediction]:
+        if isinstance(prompts, (str, bytes)) or isinstance(models, (str, bytes)):
+            raise PredictorInputError("predict_batch takes sequences of prompts and models")
+        n = len(prompts)
+        max_tokens = [None] * n if max_tokens is None else list(max_tokens)
+        samplings = [None] * n if samplings is None else list(samplings)
+        if not (len(models) == len(max_tokens) == len(samplings) == n):
+            raise PredictorInputError("prompts, models, max_tokens and samplings differ in length")
+        if n == 0:
+            return []
+        texts = [render_prompt(p) for p in prompts]
+        names = [check_model(m) for m in models]
+        caps = [check_max_tokens(m) for m in max_tokens]
+        for sampling in samplings:
+            check_sampling(sampling)
+        raw = self._model.predict_texts(texts, names)
+        out = []
+        for i, cap in enumerate(caps):
+            limit = float(cap) if cap is not None else math.inf
+            out.append(LengthPrediction(
+                mean=float(min(raw.mean[i], limit)),
+                p50=float(min(raw.p50[i], limit)),
+                p90=float(min(raw.p90[i], limit)),
+                model_known=bool(raw.model_known[i]),
+            ))
+        return out
+
+
+def load_default_predictor(source: Path | str | None = None,
+                           directory: Path | str | None = None) -> CastilloLengthPredictor:
+    """Trains the default artifact if it is missing or stale, then loads it (call once)."""
+    return CastilloLengthPredictor.from_directory(
+        ensure_trained(source, Path(directory) if directory else None))

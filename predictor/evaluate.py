@@ -1,0 +1,102 @@
+"""Benchmark of a trained predictor on CASTILLO-schema rows (figures, not pass/fail)."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import warnings
+
+import numpy as np
+import pandas as pd
+from scipy.stats import kendalltau
+
+from predictor.baselines import Baselines
+from predictor.train import sample_matrix
+
+LATENCY_REQUESTS = 500
+
+
+def _tau(a: np.ndarray, b: np.ndarray) -> float:
+    if len(a) < 2:
+        return float("nan")
+    value = kendalltau(a, b).statistic
+    return float(value) if value == value else float("nan")
+
+
+def single_sample_choice(frame: pd.DataFrame) -> np.ndarray:
+    """One sampled completion per row, chosen by a hash of the row's id (reproducible)."""
+    samples = frame["output_sizes"].tolist()
+    keys = (frame["sample_id"] if "sample_id" in frame.columns
+            else frame["prompt_id"] + "|" + frame["model"]).astype(str)
+    picks = [int.from_bytes(hashlib.sha256(k.encode()).digest()[:4], "big") % max(1, len(s))
+             for k, s in zip(keys, samples)]
+    return np.array([float(s[i]) for s, i in zip(samples, picks)])
+
+
+def rank_and_error(pred: np.ndarray, frame: pd.DataFrame, single: np.ndarray) -> dict:
+    truth = frame["output_mean"].to_numpy(float)
+    models = frame["model"].to_numpy()
+    per_model = {m: _tau(pred[models == m], truth[models == m]) for m in sorted(set(models))}
+    finite = [v for v in per_model.values() if v == v]
+    return {
+        "kendall_tau_mean": _tau(pred, truth),
+        "kendall_tau_per_model": float(np.mean(finite)) if finite else float("nan"),
+        "kendall_tau_single": _tau(pred, single),
+        "mae_tokens": float(np.mean(np.abs(pred - truth))),
+        "kendall_tau_by_model": per_model,
+    }
+
+
+def latency_ms(predictor, frame: pd.DataFrame, requests: int = LATENCY_REQUESTS,
+               seed: int = 0) -> np.ndarray:
+    """One request at a time, one thread, real prompt texts: text -> LengthPrediction."""
+    rng = np.random.default_rng(seed)
+    rows = rng.choice(len(frame), size=min(requests, len(frame)), replace=False)
+    texts = frame["prompt_text"].to_numpy()
+    models = frame["model"].to_numpy()
+    predictor.predict(texts[rows[0]], models[rows[0]])  # first call pays lazy imports
+    out = []
+    for i in rows:
+        start = time.perf_counter()
+        predictor.predict(texts[i], models[i])
+        out.append((time.perf_counter() - start) * 1000.0)
+    return np.asarray(out)
+
+
+def evaluate(predictor, frame: pd.DataFrame, baselines: Baselines,
+             training_prompt_ids: set[str] | None = None,
+             latency_requests: int = LATENCY_REQUESTS) -> dict:
+    """The issue's figures for ``predictor`` (a :class:`predictor.api.CastilloLengthPredictor`)."""
+    started = time.perf_counter()
+    predictions = predictor.predict_batch(frame["prompt_text"].tolist(), frame["model"].tolist())
+    mean = np.array([p.mean for p in predictions])
+    p50 = np.array([p.p50 for p in predictions])
+    p90 = np.array([p.p90 for p in predictions])
+    known = np.array([p.model_known for p in predictions])
+    samples = sample_matrix(frame)
+    single = single_sample_choice(frame)
+    seen = 0
+    if training_prompt_ids is not None:
+        seen = int(frame["prompt_id"].isin(training_prompt_ids).sum())
+        if seen:
+            warnings.warn(f"{seen} of {len(frame)} evaluation rows have prompts the artifact "
+                          "trained on; figures on them are not out-of-sample", stacklevel=2)
+    report = {"rows": int(len(frame)), "rows_seen_in_training": seen,
+              "rows_unknown_model": int((~known).sum())}
+    report.update(rank_and_error(mean, frame, single))
+    report["p90_coverage"] = float(np.mean(samples <= p90[:, None]))
+    report["p50_coverage"] = float(np.mean(samples <= p50[:, None]))
+    report["batch_seconds"] = time.perf_counter() - started
+    lat = latency_ms(predictor, frame, latency_requests)
+    report.update({
+        "predict_latency_p50_ms": float(np.percentile(lat, 50)),
+        "predict_latency_p99_ms": float(np.percentile(lat, 99)),
+        "predict_latency_mean_ms": float(lat.mean()),
+        "latency_requests": int(len(lat)),
+    })
+    for name, pred in (("per_model_mean", baselines.predict_per_model_mean(frame)),
+                       ("input_length", baselines.predict_input_length(frame))):
+        figures = rank_and_error(pred, frame, single)
+        figures.pop("kendall_tau_by_model")
+        report[f"baseline_{name}"] = figures
+    return report
