@@ -72,3 +72,23 @@ def overhead(
 
     with _worker(worker, model) as (url, name):
         measure_overhead(url, name, samples, out_dir, log=typer.echo)
+
+
+@app.command()
+def soak(
+    worker: Optional[str] = typer.Option(None, help="A running vLLM worker; default: start one."),
+    model: Optional[str] = typer.Option(None),
+    duration_s: float = typer.Option(1800.0, help="Soak length in seconds (30 min by default)."),
+    load_fraction: float = typer.Option(0.8, help="Offered load as a fraction of capacity."),
+    calibrate_s: float = typer.Option(60.0, help="Capacity calibration length."),
+    max_tokens: int = typer.Option(64, help="max_tokens of every request."),
+    max_sequences: int = typer.Option(8, help="Gateway admission limit per worker."),
+    out_dir: Optional[Path] = typer.Option(None),
+) -> None:
+    """Gateway at 80% of capacity for a long time: errors and RSS slope -> reports/soak.json."""
+    from server.soak import SoakSettings, run_soak
+
+    s = SoakSettings(duration_s=duration_s, load_fraction=load_fraction, calibrate_s=calibrate_s,
+                     max_tokens=max_tokens, max_sequences_per_worker=max_sequences)
+    with _worker(worker, model) as (url, name):
+        run_soak(url, name, s, out_dir, log=typer.echo)
