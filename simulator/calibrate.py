@@ -180,7 +180,7 @@ async def _calibrate(base_url: str, plan: CalibrationPlan, model: str | None,
 
 
 async def _decode_step(
-    client: "_Client", b: int, p: int, plan: CalibrationPlan
+    client: _Client, b: int, p: int, plan: CalibrationPlan
 ) -> tuple[Measurement, float] | None:
     """``b`` concurrent ``p``-token prompts; the median token gap once all decode."""
     runs = await asyncio.gather(*[client.stream(p, plan.decode_tokens) for _ in range(b)])

@@ -11,7 +11,7 @@ import json
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from typer.core import TyperGroup
@@ -79,13 +79,13 @@ def _load_trained_predictor():
 def run(
     trace: Annotated[str, typer.Argument(help="Trace file (.csv/.jsonl) or 'castillo'")],
     cost_model: Annotated[Path, typer.Option(help="Operator-table folder or linear-model .json")],
-    num_layers: Annotated[Optional[int], typer.Option(help="Decoder layers (operator tables time one)")] = None,
+    num_layers: Annotated[int | None, typer.Option(help="Decoder layers (operator tables time one)")] = None,
     step_overhead_ms: Annotated[float, typer.Option(help="Host time added to every step")] = 0.0,
     max_num_seqs: Annotated[int, typer.Option()] = 256,
     max_num_batched_tokens: Annotated[int, typer.Option()] = 2048,
     kv_cache_tokens: Annotated[int, typer.Option(help="KV capacity per worker, tokens")] = 262_144,
     block_size: Annotated[int, typer.Option()] = 16,
-    max_model_len: Annotated[Optional[int], typer.Option(help="Longest prompt+output accepted")] = None,
+    max_model_len: Annotated[int | None, typer.Option(help="Longest prompt+output accepted")] = None,
     workers: Annotated[int, typer.Option()] = 1,
     policy: Annotated[PolicyChoice, typer.Option()] = PolicyChoice.FCFS,
     engine_queue: Annotated[EngineQueueChoice, typer.Option(
@@ -94,27 +94,27 @@ def run(
     point_estimate: Annotated[str, typer.Option(help="mean, p50 or p90")] = "mean",
     prediction_source: Annotated[PredictionChoice, typer.Option()] = PredictionChoice.AUTO,
     noise_sigma: Annotated[float, typer.Option(help="oracle-noise: log-normal sigma")] = 0.5,
-    admission_max_seqs: Annotated[Optional[int], typer.Option(help="Per-worker in-flight limit")] = None,
-    admission_max_predicted_tokens: Annotated[Optional[float], typer.Option()] = None,
-    queue_capacity: Annotated[Optional[int], typer.Option(help="Gateway queue bound")] = None,
-    limit: Annotated[Optional[int], typer.Option(help="Use the first N trace records")] = None,
-    castillo_data: Annotated[Optional[Path], typer.Option(help="CASTILLO file or folder (default: shared copy)")] = None,
+    admission_max_seqs: Annotated[int | None, typer.Option(help="Per-worker in-flight limit")] = None,
+    admission_max_predicted_tokens: Annotated[float | None, typer.Option()] = None,
+    queue_capacity: Annotated[int | None, typer.Option(help="Gateway queue bound")] = None,
+    limit: Annotated[int | None, typer.Option(help="Use the first N trace records")] = None,
+    castillo_data: Annotated[Path | None, typer.Option(help="CASTILLO file or folder (default: shared copy)")] = None,
     castillo_all_prompts: Annotated[bool, typer.Option(help="castillo: also use the predictor's training prompts")] = False,
-    castillo_model: Annotated[Optional[str], typer.Option(help="Keep rows of this model")] = None,
+    castillo_model: Annotated[str | None, typer.Option(help="Keep rows of this model")] = None,
     num_requests: Annotated[int, typer.Option(help="castillo: number of requests")] = 2000,
     rate: Annotated[float, typer.Option(help="castillo: Poisson arrival rate, req/s")] = 1.0,
-    arrival_trace: Annotated[Optional[Path], typer.Option(help="castillo: take arrival times from this trace")] = None,
+    arrival_trace: Annotated[Path | None, typer.Option(help="castillo: take arrival times from this trace")] = None,
     seed: Annotated[int, typer.Option()] = 0,
-    output_json: Annotated[Optional[Path], typer.Option()] = None,
-    per_request: Annotated[Optional[Path], typer.Option(help="Per-request .csv or .parquet")] = None,
-    sweep_rate: Annotated[Optional[str], typer.Option(
+    output_json: Annotated[Path | None, typer.Option()] = None,
+    per_request: Annotated[Path | None, typer.Option(help="Per-request .csv or .parquet")] = None,
+    sweep_rate: Annotated[str | None, typer.Option(
         help="Comma-separated loads (offered/saturation), e.g. 0.5,0.7,0.9")] = None,
     policies: Annotated[str, typer.Option(help="--sweep-rate: policies to compare")] = "fcfs,sjf,sjf-oracle",
-    plot: Annotated[Optional[Path], typer.Option(help="--sweep-rate: latency-vs-load PNG")] = None,
-    progress: Annotated[Optional[bool], typer.Option(help="Progress bar (default: long runs)")] = None,
+    plot: Annotated[Path | None, typer.Option(help="--sweep-rate: latency-vs-load PNG")] = None,
+    progress: Annotated[bool | None, typer.Option(help="Progress bar (default: long runs)")] = None,
 ) -> None:
     """Replay TRACE through the gateway policy and vLLM-like engines."""
-    from server.policy import AdmissionLimits, EngineQueueMode, PolicyConfig, PointEstimate
+    from server.policy import AdmissionLimits, EngineQueueMode, PointEstimate, PolicyConfig
 
     from .latency import load_cost_model
     from .replica import EngineConfig
@@ -308,7 +308,6 @@ def _run_sweep(requests, sweep_rate, policies, config_for, predictions, latency,
         sources[name] = source
         arms.append(PolicyArm(name, _policy_name(choice), preds))
     # One engine mode per arm: fcfs runs plain vLLM, the others priority.
-    reports = {}
     base_config = config_for(PolicyChoice.SJF)
     fcfs_config = config_for(PolicyChoice.FCFS)
     report = run_sweep(
@@ -322,12 +321,11 @@ def _run_sweep(requests, sweep_rate, policies, config_for, predictions, latency,
     )
     report.update({"trace": str(trace), "requests": len(requests), "prediction_sources": sources,
                    "cost_model": latency.describe()})
-    reports = report
     if output_json:
-        write_json(reports, output_json)
+        write_json(report, output_json)
     if plot:
-        plot_sweep(reports, plot)
-    typer.echo(json.dumps({k: v for k, v in reports.items() if k != "policies"}, indent=2))
+        plot_sweep(report, plot)
+    typer.echo(json.dumps({k: v for k, v in report.items() if k != "policies"}, indent=2))
 
 
 @app.command("fit-cost-model")
@@ -339,7 +337,7 @@ def fit_cost_model(
     max_num_batched_tokens: Annotated[int, typer.Option()] = 2048,
     max_context: Annotated[int, typer.Option()] = 8192,
     samples: Annotated[int, typer.Option()] = 3000,
-    knee_tokens: Annotated[Optional[int], typer.Option(help="Piecewise split in tokens")] = 512,
+    knee_tokens: Annotated[int | None, typer.Option(help="Piecewise split in tokens")] = 512,
 ) -> None:
     """Fit the linear step model to an operator table and write its coefficients."""
     from .latency import OperatorTableModel, fit_linear, sample_batch_shapes
@@ -358,7 +356,7 @@ def calibrate(
     worker: Annotated[str, typer.Option(help="Base URL of a live vLLM OpenAI server")],
     output: Annotated[Path, typer.Option(help="Linear model .json to write")] = Path(
         "reports/sim_calibration_cpu.json"),
-    model: Annotated[Optional[str], typer.Option(help="Served model name (default: first listed)")] = None,
+    model: Annotated[str | None, typer.Option(help="Served model name (default: first listed)")] = None,
     batch_sizes: Annotated[str, typer.Option()] = "1,4,8,16",
     prompt_tokens: Annotated[str, typer.Option()] = "32,256,768",
     decode_tokens: Annotated[int, typer.Option(help="max_tokens per request in decode runs")] = 24,
@@ -386,8 +384,8 @@ _RTX_TABLES = "costmodels/llmservingsim_rtxpro6000_llama31_8b"
 
 @app.command("bench-speed")
 def bench_speed(
-    trace: Annotated[Optional[Path], typer.Option(help="Default: shared azure2023_conv.csv")] = None,
-    cost_model: Annotated[Optional[Path], typer.Option(help="Default: shared RTX PRO 6000 tables")] = None,
+    trace: Annotated[Path | None, typer.Option(help="Default: shared azure2023_conv.csv")] = None,
+    cost_model: Annotated[Path | None, typer.Option(help="Default: shared RTX PRO 6000 tables")] = None,
     num_layers: Annotated[int, typer.Option()] = 32,
     kv_cache_tokens: Annotated[int, typer.Option()] = 520_000,
     output_json: Annotated[Path, typer.Option()] = Path("reports/sim_speed.json"),
@@ -412,7 +410,7 @@ def bench_speed(
 
 @app.command("study")
 def study(
-    cost_model: Annotated[Optional[Path], typer.Option(help="Default: shared RTX PRO 6000 tables")] = None,
+    cost_model: Annotated[Path | None, typer.Option(help="Default: shared RTX PRO 6000 tables")] = None,
     num_layers: Annotated[int, typer.Option()] = 32,
     castillo_model: Annotated[str, typer.Option(help="CASTILLO rows of the costed LLM")] = "Llama-3.1-8B",
     loads: Annotated[str, typer.Option()] = "0.5,0.6,0.7,0.8,0.9,0.95",
@@ -424,7 +422,7 @@ def study(
     max_num_batched_tokens: Annotated[int, typer.Option()] = 2048,
     kv_cache_tokens: Annotated[int, typer.Option()] = 520_000,
     output_json: Annotated[Path, typer.Option()] = Path("reports/sim_castillo_study.json"),
-    plot: Annotated[Optional[Path], typer.Option()] = Path("reports/sim_castillo_study.png"),
+    plot: Annotated[Path | None, typer.Option()] = Path("reports/sim_castillo_study.png"),
 ) -> None:
     """Benchmark: fcfs vs sjf (trained predictor) vs sjf-oracle on CASTILLO at loads 0.5-0.95."""
     from predictor.locations import shared_dir

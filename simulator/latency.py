@@ -377,7 +377,7 @@ class LinearStepModel:
         Path(path).write_text(json.dumps({"kind": "linear", **self.to_dict()}, indent=2) + "\n")
 
     @classmethod
-    def load(cls, path: str | Path) -> "LinearStepModel":
+    def load(cls, path: str | Path) -> LinearStepModel:
         data = json.loads(Path(path).read_text())
         if data.get("kind") != "linear":
             raise ValueError(f"{path}: not a linear cost model (kind={data.get('kind')!r})")
@@ -425,7 +425,7 @@ def fit_linear(
     pred = np.array([model.step_time(b) for b in batches])
     rel = np.abs(pred - y) / y
     model.fit_quality = {
-        "samples": int(len(y)),
+        "samples": len(y),
         "rel_err_p50": float(np.percentile(rel, 50)),
         "rel_err_p90": float(np.percentile(rel, 90)),
         "rel_err_max": float(rel.max()),

@@ -80,20 +80,20 @@ class Seq:
     """Engine-side state of one request (vLLM's ``Request``)."""
 
     __slots__ = (
-        "request_id",
-        "prompt_tokens",
-        "output_tokens",
-        "priority",
         "engine_arrival",
-        "num_tokens",
-        "num_computed",
-        "num_generated",
-        "num_blocks",
+        "finished",
         "first_scheduled",
         "first_token",
-        "finished",
-        "preemptions",
+        "num_blocks",
+        "num_computed",
+        "num_generated",
+        "num_tokens",
+        "output_tokens",
         "payload",
+        "preemptions",
+        "priority",
+        "prompt_tokens",
+        "request_id",
     )
 
     def __init__(
@@ -120,7 +120,7 @@ class Seq:
         self.preemptions = 0
         self.payload = payload
 
-    def __lt__(self, other: "Seq") -> bool:
+    def __lt__(self, other: Seq) -> bool:
         # vLLM Request.__lt__: priority, then arrival_time, then request_id.
         return (self.priority, self.engine_arrival, self.request_id) < (
             other.priority,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from server.policy import PolicyConfig, PolicyName
+from server.policy import PolicyName
 
 from .latency import StepLatencyModel
 from .report import summarize

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from sim_helpers import config, constant_steps
 
 from server.policy import EngineQueueMode, PolicyName
 from simulator.simulation import run_simulation
 from simulator.trace import SimRequest
-
-from sim_helpers import config, constant_steps
 
 
 def _one(prompt: int, output: int, budget: int = 2048, step: float = 0.01):

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from sim_helpers import STEP_MODEL, config, synthetic
 
 from server.policy import AdmissionLimits, EngineQueueMode, PolicyName
 from simulator.events import EventLoop
 from simulator.simulation import run_simulation
-
-from sim_helpers import STEP_MODEL, config, synthetic
 
 CASES = [
     (PolicyName.FCFS, EngineQueueMode.FCFS, None),
@@ -41,9 +40,9 @@ def test_every_request_is_accounted_for(runs):
 
 def test_conservation_holds_mid_run(runs):
     # INV-1 while running: stop the clock part-way and count where requests are.
+    from server.policy import PolicyQueue, make_policy
     from simulator.events import Phase
     from simulator.gateway import RequestRecord, SimGateway
-    from server.policy import PolicyQueue, make_policy
     from simulator.replica import Replica
 
     reqs, results = runs

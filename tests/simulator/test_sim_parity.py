@@ -11,12 +11,18 @@ policy module shows up as a different sequence.
 from __future__ import annotations
 
 import pytest
-
-from server.policy import AdmissionLimits, EngineQueueMode, PolicyConfig, PolicyName, PolicyQueue
-from server.policy import QueuedRequest, make_policy
-from simulator.simulation import run_simulation
-
 from sim_helpers import STEP_MODEL, config, synthetic
+
+from server.policy import (
+    AdmissionLimits,
+    EngineQueueMode,
+    PolicyConfig,
+    PolicyName,
+    PolicyQueue,
+    QueuedRequest,
+    make_policy,
+)
+from simulator.simulation import run_simulation
 
 
 def _reference_order(requests, preds, finish_times, policy: PolicyConfig, limit: int):

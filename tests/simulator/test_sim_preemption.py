@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from sim_helpers import config, constant_steps
+
 from server.policy import EngineQueueMode, PolicyName
 from simulator.latency import LinearStepModel
 from simulator.simulation import run_simulation
 from simulator.trace import SimRequest
-
-from sim_helpers import config, constant_steps
 
 # 8 blocks of 4 tokens. Each request holds 2 blocks after its prefill and
 # grows by one block every 4 tokens, so three of them run out of blocks
