@@ -234,7 +234,8 @@ class WorkerMonitor:
             if returning:
                 await probe_generation(self.client, url, models, self.health_timeout_s)
         except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
-            self.pool.report_failure(url, f"health check failed: {type(exc).__name__}: {exc}")
+            where = getattr(getattr(exc, "_request", None), "url", url)
+            self.pool.report_failure(url, f"health check of {where} failed: {exc!r}")
             return
         self.pool.report_healthy(url, models)
 

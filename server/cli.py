@@ -80,40 +80,6 @@ def serve(
             local_worker.stop()
 
 
-def _draining_server_class():
-    import asyncio
-
-    import uvicorn
-
-    class _DrainingServer(uvicorn.Server):
-        """On the first SIGTERM/SIGINT: refuse new requests with 503 (and fail ``/health``)
-        while in-flight and queued ones finish, up to ``shutdown_grace_s``; then stop.
-        A second signal stops at once."""
-
-        _draining = False
-
-        def handle_exit(self, sig, frame) -> None:  # type: ignore[override]
-            gateway = getattr(self.config.app.state, "gateway", None)
-            if gateway is None or self._draining:
-                return super().handle_exit(sig, frame)
-            self._draining = True
-            gateway.dispatcher.draining = True
-            grace = gateway.cfg.shutdown_grace_s
-
-            async def drain_then_exit() -> None:
-                await gateway.dispatcher.drain(grace)
-                self.should_exit = True
-
-            loop = asyncio.get_event_loop()
-            loop.call_soon_threadsafe(lambda: loop.create_task(drain_then_exit()))
-
-    return _DrainingServer
-
-
-def DrainingServer(config):  # noqa: N802 - reads like the class it builds
-    return _draining_server_class()(config)
-
-
 def _start_local_worker(port: int):
     from server.local_model import prepare_local_model
     from server.worker_process import WorkerConfig, WorkerProcess, free_port
