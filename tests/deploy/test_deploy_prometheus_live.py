@@ -373,7 +373,7 @@ def _plot(results: dict, path: Path, t0: float) -> None:
                                legend)
                 xs = [float(t) - t0 for t, _ in series["values"]]
                 ys = [float(v) for _, v in series["values"]]
-                ax.plot(xs, ys, label=label[:28], linewidth=1)
+                ax.plot(xs, ys, label=label[:28], linewidth=1, marker=".", markersize=2)
         ax.set_title(f"{title}"[:48], fontsize=8)
         ax.tick_params(labelsize=6)
         ax.legend(fontsize=5, loc="upper left")
