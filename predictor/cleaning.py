@@ -25,13 +25,18 @@ class CleaningReport:
         return self.rows_in - self.rows_removed
 
 
-def degenerate_mask(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """(cap_hit, high_variance) masks: completions hit the cap, or std > 2 x mean with max > 8,499."""
+def degenerate_mask(frame: pd.DataFrame, cap: float = GENERATION_CAP,
+                    degenerate_max: float = DEGENERATE_MAX) -> tuple[np.ndarray, np.ndarray]:
+    """(cap_hit, high_variance) masks: completions hit the cap, or std > 2 x mean with max > 8,499.
+
+    ``cap`` and ``degenerate_max`` default to CASTILLO's generation; a profile run with
+    another ``max_tokens`` passes its own (see ``predictor.profiling.degeneration``).
+    """
     longest = np.array([float(np.max(s)) if len(s) else 0.0 for s in frame["output_sizes"]])
-    cap_hit = longest >= GENERATION_CAP
+    cap_hit = longest >= cap
     std = frame["output_std"].to_numpy(dtype=float)
     mean = frame["output_mean"].to_numpy(dtype=float)
-    high_variance = (std > 2.0 * mean) & (longest > DEGENERATE_MAX)
+    high_variance = (std > 2.0 * mean) & (longest > degenerate_max)
     return cap_hit, high_variance
 
 

@@ -1,0 +1,108 @@
+"""``lengthwise profile``: profile a served model; ``report`` and ``evaluate`` analyse a profile."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, invoke_without_command=True,
+                  help="Profile a served model CASTILLO-style: "
+                       "lengthwise profile --target URL --model NAME --prompts FILE... --output DIR")
+
+
+@app.callback()
+def profile(
+    ctx: typer.Context,
+    target: Optional[str] = typer.Option(None, help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8100"),
+    model: Optional[str] = typer.Option(None, help="Served model name"),
+    prompts: list[Path] = typer.Option([], "--prompts", help="Prompt files (JSON/JSONL instruction records, CASTILLO parquet, text); repeat or list several"),
+    samples: int = typer.Option(10, min=1, help="Completions per prompt"),
+    output: Optional[Path] = typer.Option(None, help="Run folder (rows.jsonl); rerun to resume"),
+    max_tokens: int = typer.Option(1024, min=1, help="Cap on new tokens (degeneration rule scales to it)"),
+    temperature: float = typer.Option(0.7, min=0.0),
+    top_p: float = typer.Option(0.8, min=0.0, max=1.0),
+    top_k: int = typer.Option(20, help="CASTILLO's Qwen2.5 settings by default: 0.7/0.8/20"),
+    concurrency: int = typer.Option(16, min=1, help="Requests in flight"),
+    limit: Optional[int] = typer.Option(None, min=1, help="Profile only the first N prompts (after interleaving corpora)"),
+    seed: int = typer.Option(0, help="Shuffle seed for the prompt order"),
+    summary_json: Optional[Path] = typer.Option(None, help="Write the run's throughput figures here"),
+) -> None:
+    if ctx.invoked_subcommand is not None:
+        return
+    if not (target and model and prompts and output):
+        raise typer.BadParameter("--target, --model, --prompts and --output are required")
+    from predictor.profiling.prompt_files import read_prompt_files
+    from predictor.profiling.rows import DecodingSettings
+    from predictor.profiling.run import RunConfig, profile_prompts
+
+    chosen = read_prompt_files(_expand(prompts), seed=seed)
+    if limit:
+        chosen = chosen[:limit]
+    config = RunConfig(target, model, DecodingSettings(temperature, top_p, top_k, max_tokens),
+                       samples=samples, concurrency=concurrency)
+    result = asyncio.run(profile_prompts(chosen, config, output))
+    figures = {
+        "prompts_total": result.prompts_total, "prompts_already_done": result.prompts_already_done,
+        "prompts_finished": result.prompts_finished, "prompts_skipped": result.prompts_skipped,
+        "prompts_failed": result.prompts_failed, "completion_tokens": result.completion_tokens,
+        "seconds": round(result.seconds, 1), "tokens_per_second": round(result.tokens_per_second, 1),
+        "seconds_per_prompt": round(result.seconds_per_prompt, 2),
+        "samples": samples, "concurrency": concurrency, "max_tokens": max_tokens,
+        "eta_seconds_for_1000_prompts": round(result.seconds_per_prompt * 1000, 0),
+    }
+    typer.echo(json.dumps(figures, indent=2))
+    if summary_json:
+        summary_json.parent.mkdir(parents=True, exist_ok=True)
+        summary_json.write_text(json.dumps(figures, indent=2) + "\n")
+
+
+def _expand(paths: list[Path]) -> list[Path]:
+    out = []
+    for path in paths:
+        out.extend(sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path])
+    return out
+
+
+@app.command("report")
+def report(
+    directory: Path = typer.Argument(..., help="Profile run folder (or a rows.jsonl file)"),
+    output: Optional[Path] = typer.Option(None, help="Summary JSON (default DIR/report/summary.json)"),
+    plots: bool = typer.Option(True, help="Write PNG plots under DIR/report/"),
+    castillo: Optional[Path] = typer.Option(None, help="CASTILLO file or folder (default: the shared copy)"),
+) -> None:
+    """CASTILLO's per-model analysis of a profile, beside CASTILLO's 13 models."""
+    from predictor.profiling.report import build_report, write_plots
+
+    summary = build_report(directory, castillo)
+    folder = (directory if directory.is_dir() else directory.parent) / "report"
+    target = output or folder / "summary.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(summary, indent=2) + "\n")
+    if plots:
+        for path in write_plots(directory, folder, castillo):
+            typer.echo(f"plot: {path}")
+    typer.echo(json.dumps(summary["served_model"], indent=2))
+    typer.echo(f"wrote {target}")
+
+
+@app.command("evaluate")
+def evaluate(
+    directory: Path = typer.Argument(..., help="Profile run folder of the served model"),
+    output: Optional[Path] = typer.Option(None, help="Report JSON (default reports/served_model_eval.json)"),
+    castillo: Optional[Path] = typer.Option(None, help="CASTILLO file or folder (default: the shared copy)"),
+    test_fraction: float = typer.Option(0.3, min=0.05, max=0.9, help="Held-out share of the profile's prompts"),
+) -> None:
+    """Kendall tau and MAE on held-out served-model prompts: CASTILLO only, profile only, both."""
+    from predictor.locations import reports_dir
+    from predictor.profiling.served_eval import evaluate_served_model
+
+    result = evaluate_served_model(directory, castillo, test_fraction)
+    target = output or reports_dir() / "served_model_eval.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(result, indent=2) + "\n")
+    typer.echo(json.dumps({k: result[k] for k in ("settings", "data")}, indent=2))
+    typer.echo(f"wrote {target}")
