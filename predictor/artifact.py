@@ -112,8 +112,10 @@ def train_artifact(frame: pd.DataFrame, directory: Path | None = None, *, holdou
                 "holdout": {"enabled": holdout, "salt": HOLDOUT_SALT,
                             "fraction": HOLDOUT_FRACTION, "rows_held_out": held_out},
                 "cleaning": {**asdict(cleaning), "rows_out": cleaning.rows_out},
-                "rows_fit": result.rows_fit,
-                "rows_calibration": result.rows_calibration,
+                "rows_trained": int(len(cleaned)),
+                # the p90 offset: heads fitted without a prompt group, scored on it
+                "calibration": {"rows_fit": result.rows_fit,
+                                "rows_held": result.rows_calibration},
                 "prompts": int(cleaned["prompt_id"].nunique()),
             },
             "feature_set": feature_config.name,

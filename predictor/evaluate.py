@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 import warnings
 
@@ -48,19 +49,24 @@ def rank_and_error(pred: np.ndarray, frame: pd.DataFrame, single: np.ndarray) ->
 
 
 def latency_ms(predictor, frame: pd.DataFrame, requests: int = LATENCY_REQUESTS,
-               seed: int = 0) -> np.ndarray:
-    """One request at a time, one thread, real prompt texts: text -> LengthPrediction."""
+               seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(wall, thread CPU) ms per request; one at a time, one thread, real prompt texts.
+
+    CPU time is reported beside wall time because on a shared machine wall time
+    also counts the wait for a core.
+    """
     rng = np.random.default_rng(seed)
     rows = rng.choice(len(frame), size=min(requests, len(frame)), replace=False)
     texts = frame["prompt_text"].to_numpy()
     models = frame["model"].to_numpy()
     predictor.predict(texts[rows[0]], models[rows[0]])  # first call pays lazy imports
-    out = []
+    wall, cpu = [], []
     for i in rows:
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.thread_time()
         predictor.predict(texts[i], models[i])
-        out.append((time.perf_counter() - start) * 1000.0)
-    return np.asarray(out)
+        cpu.append((time.thread_time() - start_cpu) * 1000.0)
+        wall.append((time.perf_counter() - start) * 1000.0)
+    return np.asarray(wall), np.asarray(cpu)
 
 
 def evaluate(predictor, frame: pd.DataFrame, baselines: Baselines,
@@ -87,12 +93,15 @@ def evaluate(predictor, frame: pd.DataFrame, baselines: Baselines,
     report["p90_coverage"] = float(np.mean(samples <= p90[:, None]))
     report["p50_coverage"] = float(np.mean(samples <= p50[:, None]))
     report["batch_seconds"] = time.perf_counter() - started
-    lat = latency_ms(predictor, frame, latency_requests)
+    lat, cpu = latency_ms(predictor, frame, latency_requests)
     report.update({
         "predict_latency_p50_ms": float(np.percentile(lat, 50)),
         "predict_latency_p99_ms": float(np.percentile(lat, 99)),
         "predict_latency_mean_ms": float(lat.mean()),
+        "predict_cpu_p50_ms": float(np.percentile(cpu, 50)),
+        "predict_cpu_p99_ms": float(np.percentile(cpu, 99)),
         "latency_requests": int(len(lat)),
+        "load_average_1m": os.getloadavg()[0],
     })
     for name, pred in (("per_model_mean", baselines.predict_per_model_mean(frame)),
                        ("input_length", baselines.predict_input_length(frame))):

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from predictor.prompt_text import clip_text
+
 WORD_PATTERN = r"(?u)\b\w+\b|[^\w\s]"
 
 
@@ -21,6 +23,8 @@ class NgramConfig:
     word_hash_bits: int = 18
     char_hash_bits: int = 18
     char_ngrams: bool = True
+    #: character n-grams cost most per character: they read a shorter head and tail
+    char_max_chars: int = 1500
     min_df: int = 2
     svd_dims: int = 64
     ridge_alpha: float = 3.0
@@ -67,7 +71,8 @@ class NgramEncoder:
     def _hashed(self, texts: list[str]) -> sp.csr_matrix:
         parts = [self._word.transform(texts)]
         if self._char is not None:
-            parts.append(self._char.transform(texts))
+            parts.append(self._char.transform(
+                [clip_text(t, self.config.char_max_chars) for t in texts]))
         return sp.hstack(parts, format="csr") if len(parts) > 1 else parts[0].tocsr()
 
     def _weighted(self, texts: list[str]) -> sp.csr_matrix:
@@ -85,8 +90,24 @@ class NgramEncoder:
         return sp.diags(1.0 / norms).dot(matrix).tocsr()
 
     def transform(self, texts: list[str]) -> np.ndarray:
-        weighted = self._weighted(texts)
-        out = np.asarray(weighted @ self.projection, dtype=np.float32)
+        """SVD coordinates and ridge scores; the same numbers as ``_weighted(texts) @ projection``.
+
+        Done row by row in numpy: building scipy matrices costs more than the
+        arithmetic for the one-prompt batches of serving.
+        """
+        hashed = self._hashed(texts)
+        out = np.zeros((len(texts), self.projection.shape[1]), dtype=np.float32)
+        indptr, indices, data = hashed.indptr, hashed.indices, hashed.data
+        for row in range(len(texts)):
+            start, end = indptr[row], indptr[row + 1]
+            columns = self._column_map[indices[start:end]]
+            keep = columns >= 0
+            columns = columns[keep]
+            if len(columns) == 0:
+                continue
+            weights = (1.0 + np.log(data[start:end][keep])).astype(np.float32) * self.idf[columns]
+            weights /= np.sqrt(weights @ weights)
+            out[row] = weights @ self.projection[columns]
         out[:, self.svd_dims:] += self.ridge_intercept
         return out
 
@@ -104,11 +125,9 @@ class NgramEncoder:
         from sklearn.linear_model import Ridge
         from sklearn.model_selection import KFold
 
-        word, char = _vectorizers(config)
-        hashed = word.transform(texts)
-        if char is not None:
-            hashed = sp.hstack([hashed, char.transform(texts)], format="csr")
-        hashed = hashed.tocsr()
+        unfitted = cls(config, np.zeros(0, np.int64), np.zeros(0), np.zeros((1, 0)),
+                       np.zeros((targets.shape[1], 0)), np.zeros(targets.shape[1]))
+        hashed = unfitted._hashed(texts)
         df = np.bincount(hashed.indices, minlength=hashed.shape[1])
         columns = np.flatnonzero(df >= config.min_df)
         idf = (np.log((1 + hashed.shape[0]) / (1 + df[columns])) + 1.0).astype(np.float32)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -17,19 +16,19 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, invoke_without_com
 @app.callback()
 def profile(
     ctx: typer.Context,
-    target: Optional[str] = typer.Option(None, help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8100"),
-    model: Optional[str] = typer.Option(None, help="Served model name"),
+    target: str | None = typer.Option(None, help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8100"),
+    model: str | None = typer.Option(None, help="Served model name"),
     prompts: list[Path] = typer.Option([], "--prompts", help="Prompt files (JSON/JSONL instruction records, CASTILLO parquet, text); repeat or list several"),
     samples: int = typer.Option(10, min=1, help="Completions per prompt"),
-    output: Optional[Path] = typer.Option(None, help="Run folder (rows.jsonl); rerun to resume"),
+    output: Path | None = typer.Option(None, help="Run folder (rows.jsonl); rerun to resume"),
     max_tokens: int = typer.Option(1024, min=1, help="Cap on new tokens (degeneration rule scales to it)"),
     temperature: float = typer.Option(0.7, min=0.0),
     top_p: float = typer.Option(0.8, min=0.0, max=1.0),
     top_k: int = typer.Option(20, help="CASTILLO's Qwen2.5 settings by default: 0.7/0.8/20"),
     concurrency: int = typer.Option(16, min=1, help="Requests in flight"),
-    limit: Optional[int] = typer.Option(None, min=1, help="Profile only the first N prompts (after interleaving corpora)"),
+    limit: int | None = typer.Option(None, min=1, help="Profile only the first N prompts (after interleaving corpora)"),
     seed: int = typer.Option(0, help="Shuffle seed for the prompt order"),
-    summary_json: Optional[Path] = typer.Option(None, help="Write the run's throughput figures here"),
+    summary_json: Path | None = typer.Option(None, help="Write the run's throughput figures here"),
 ) -> None:
     if ctx.invoked_subcommand is not None:
         return
@@ -70,9 +69,9 @@ def _expand(paths: list[Path]) -> list[Path]:
 @app.command("report")
 def report(
     directory: Path = typer.Argument(..., help="Profile run folder (or a rows.jsonl file)"),
-    output: Optional[Path] = typer.Option(None, help="Summary JSON (default DIR/report/summary.json)"),
+    output: Path | None = typer.Option(None, help="Summary JSON (default DIR/report/summary.json)"),
     plots: bool = typer.Option(True, help="Write PNG plots under DIR/report/"),
-    castillo: Optional[Path] = typer.Option(None, help="CASTILLO file or folder (default: the shared copy)"),
+    castillo: Path | None = typer.Option(None, help="CASTILLO file or folder (default: the shared copy)"),
 ) -> None:
     """CASTILLO's per-model analysis of a profile, beside CASTILLO's 13 models."""
     from predictor.profiling.report import build_report, write_plots
@@ -92,8 +91,8 @@ def report(
 @app.command("evaluate")
 def evaluate(
     directory: Path = typer.Argument(..., help="Profile run folder of the served model"),
-    output: Optional[Path] = typer.Option(None, help="Report JSON (default reports/served_model_eval.json)"),
-    castillo: Optional[Path] = typer.Option(None, help="CASTILLO file or folder (default: the shared copy)"),
+    output: Path | None = typer.Option(None, help="Report JSON (default reports/served_model_eval.json)"),
+    castillo: Path | None = typer.Option(None, help="CASTILLO file or folder (default: the shared copy)"),
     test_fraction: float = typer.Option(0.3, min=0.05, max=0.9, help="Held-out share of the profile's prompts"),
 ) -> None:
     """Kendall tau and MAE on held-out served-model prompts: CASTILLO only, profile only, both."""

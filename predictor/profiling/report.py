@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from predictor.cleaning import degenerate_mask
+from predictor.errors import CastilloDataError
 from predictor.loader import load_castillo, normalize_rows
 from predictor.profiling.degeneration import flag_degenerate
 from predictor.profiling.run import ROWS_FILE, RUN_FILE, SKIPPED_FILE, read_jsonl
@@ -56,7 +57,7 @@ def _figures(frame: pd.DataFrame, degenerate: np.ndarray) -> dict:
     pooled = np.concatenate([np.asarray(s, float) for s in frame["output_sizes"]])
     cv = np.divide(stds, means, out=np.zeros_like(stds), where=means > 0)
     return {
-        "prompts": int(len(frame)),
+        "prompts": len(frame),
         "length_mean": float(pooled.mean()),
         "length_std": float(pooled.std()),
         "length_p50": float(np.percentile(pooled, 50)),
@@ -121,7 +122,7 @@ def build_report(directory: Path | str, castillo_source: Path | str | None = Non
     }
     try:
         castillo = load_castillo(castillo_source)
-    except Exception as exc:  # no local copy and no network: the served model's figures stand alone
+    except CastilloDataError as exc:  # no local copy and no network: the served model's figures stand alone
         return {"served_model": served, "castillo_models": {}, "castillo_error": str(exc)}
     models = castillo_models(castillo, cap)
     shared_mask = profile["dataset"].isin(SHARED_CORPORA).to_numpy()
@@ -168,7 +169,7 @@ def write_plots(directory: Path | str, folder: Path, castillo_source: Path | str
 
     try:
         castillo = clip_to_cap(load_castillo(castillo_source), cap)
-    except Exception:
+    except CastilloDataError:
         return written
     castillo = castillo[castillo["dataset"].isin(SHARED_CORPORA)]
     served = profile[profile["dataset"].isin(SHARED_CORPORA)]

@@ -48,7 +48,7 @@ def _scores(predictor: CastilloLengthPredictor, frame: pd.DataFrame, model: str,
     figures = rank_and_error(mean, frame, single_sample_choice(frame))
     figures.pop("kendall_tau_by_model")
     figures.pop("kendall_tau_per_model")
-    figures["rows"] = int(len(frame))
+    figures["rows"] = len(frame)
     figures["model_known_path"] = bool(predictions[0].model_known)
     p90 = np.array([p.p90 for p in predictions])
     samples = np.vstack([np.resize(np.asarray(s, float), 10) for s in frame["output_sizes"]])
@@ -96,13 +96,13 @@ def evaluate_served_model(profile_dir: Path | str, castillo_source: Path | str |
         "max_tokens": cap,
         "settings": settings,
         "data": {
-            "profile_prompts": int(len(profile)),
-            "profile_train_prompts": int(len(train_part)),
-            "profile_train_prompts_after_cleaning": int(len(train_clean)),
-            "held_out_prompts": int(len(test_part)),
-            "held_out_prompts_after_cleaning": int(len(test_clean)),
+            "profile_prompts": len(profile),
+            "profile_train_prompts": len(train_part),
+            "profile_train_prompts_after_cleaning": len(train_clean),
+            "held_out_prompts": len(test_part),
+            "held_out_prompts_after_cleaning": len(test_clean),
             "held_out_prompts_whose_text_is_in_castillo_training": overlap,
-            "castillo_training_rows_after_cleaning": int(len(castillo_clean)),
+            "castillo_training_rows_after_cleaning": len(castillo_clean),
             "castillo_rows_removed_by_cleaning": int(cleaning.rows_removed),
             "split": {"salt": SPLIT_SALT, "test_fraction": test_fraction, "grouped_by": "prompt_id"},
         },

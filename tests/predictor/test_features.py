@@ -47,3 +47,12 @@ def test_full_length_survives_clipping_for_features(small_artifact):
     log_chars = FEATURE_NAMES.index("log_chars")
     assert huge[log_chars] > short[log_chars] + 5
     assert np.isfinite(huge).all()
+
+
+def test_fast_ngram_transform_matches_the_sparse_formula(small_artifact, small_rows):
+    encoder = TextFeaturizer.load(small_artifact).ngram
+    texts = small_rows["prompt_text"].head(25).tolist() + ["", "!!!"]
+    fast = encoder.transform(texts)
+    reference = np.asarray(encoder._weighted(texts) @ encoder.projection)
+    reference[:, encoder.svd_dims:] += encoder.ridge_intercept
+    assert np.allclose(fast, reference, atol=1e-4)
