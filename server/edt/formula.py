@@ -13,11 +13,16 @@ where H is the entropy of the request's next-token distribution. Settled here:
 * Since 0 < N < 1 and theta >= 0, T <= T0: EDT only ever cools. Where the model
   is unsure (high H) T approaches T0; where it is sure (low H) T falls fast.
 * **Floor.** As H -> 0 the formula sends T to 0 and the logits multiplier
-  T0/T to infinity (overflow, then NaN). We clamp T >= T0 * MIN_TEMPERATURE_RATIO
-  (1e-4), i.e. the multiplier to <= 10^4. That is greedy in all but name: a
-  logit gap of 0.01 becomes 100 nats / T0. The clamp binds when
-  H < theta * ln(1/N) / ln(10^4), e.g. H < 0.024 nats for theta = 1, N = 0.8.
-  fp32 logits of magnitude ~50 scaled by 10^4 stay far from overflow.
+  T0/T to infinity (overflow, then NaN). Where T would fall below
+  T0 * MIN_TEMPERATURE_RATIO (1e-4) we take the formula's limit, T = 0:
+  the row keeps only its argmax (first index among exact ties, as vLLM's greedy
+  sampling does), everything else becomes -inf. A temperature that low is
+  greedy in all but name anyway (a logit gap of 0.01 becomes 100 nats / T0),
+  and only an explicit argmax makes it exactly greedy when logits tie exactly,
+  which bf16 logits often do. The floor binds when
+  H < theta * ln(1/N) / ln(10^4), e.g. H < 0.024 nats for theta = 1, N = 0.8;
+  so a very large theta means greedy decoding. Above the floor the multiplier
+  is at most 10^4, far from fp32 overflow for logits of magnitude ~50.
 
 The runners only need the multiplier ``T0 / T = exp(theta * ln(1/N) / H)``, which
 scales logits that have (V1 runner) or have not yet (Model Runner V2) been
@@ -42,10 +47,27 @@ def entropy_nats(logits: torch.Tensor) -> torch.Tensor:
     return torch.special.entr(probs).sum(dim=-1)
 
 
-def logit_multiplier(entropy: torch.Tensor, coefficient: torch.Tensor) -> torch.Tensor:
-    """T0 / T = exp(coefficient / H), clamped to the floor; coefficient = theta * ln(1/N)."""
-    log_mult = coefficient / entropy.clamp_min(_ENTROPY_TINY)
-    return torch.exp(log_mult.clamp(max=MAX_LOG_MULTIPLIER))
+def log_multiplier(entropy: torch.Tensor, coefficient: torch.Tensor) -> torch.Tensor:
+    """ln(T0 / T) = coefficient / H, with coefficient = theta * ln(1/N) (0 = EDT off)."""
+    return coefficient / entropy.clamp_min(_ENTROPY_TINY)
+
+
+def is_below_floor(log_mult: torch.Tensor) -> torch.Tensor:
+    return log_mult >= MAX_LOG_MULTIPLIER
+
+
+def apply_edt_(scores: torch.Tensor, entropy: torch.Tensor, coefficient: torch.Tensor) -> torch.Tensor:
+    """Scale each row of ``scores`` in place by T0 / T; rows past the floor become greedy.
+
+    Rows with coefficient 0 are multiplied by exactly 1.0 and never masked, so
+    they stay bit-for-bit unchanged.
+    """
+    log_mult = log_multiplier(entropy, coefficient)
+    greedy = is_below_floor(log_mult)
+    scores.mul_(torch.exp(log_mult.clamp(max=MAX_LOG_MULTIPLIER)).unsqueeze(1))
+    top = scores.argmax(dim=1, keepdim=True)
+    drop = torch.ones_like(scores, dtype=torch.bool).scatter_(1, top, False)
+    return scores.masked_fill_(drop & greedy.unsqueeze(1), float("-inf"))
 
 
 def edt_temperature(
@@ -54,9 +76,13 @@ def edt_temperature(
     n: torch.Tensor | float,
     t0: torch.Tensor | float,
 ) -> torch.Tensor:
-    """Per-row EDT temperature T = T0 * N**(theta/H) for unscaled ``logits`` [rows, vocab]."""
+    """Per-row EDT temperature T = T0 * N**(theta/H) for unscaled ``logits`` [rows, vocab].
+
+    0 where the floor applies (greedy).
+    """
     theta_t = torch.as_tensor(theta, dtype=logits.dtype, device=logits.device)
     n_t = torch.as_tensor(n, dtype=logits.dtype, device=logits.device)
     t0_t = torch.as_tensor(t0, dtype=logits.dtype, device=logits.device)
-    coefficient = theta_t * torch.log(1.0 / n_t)
-    return t0_t / logit_multiplier(entropy_nats(logits), coefficient)
+    log_mult = log_multiplier(entropy_nats(logits), theta_t * torch.log(1.0 / n_t))
+    temperature = t0_t * torch.exp(-log_mult)
+    return torch.where(is_below_floor(log_mult), torch.zeros_like(temperature), temperature)

@@ -16,7 +16,8 @@ Interaction with truncation, MRV2: min-p, top-k and top-p all apply after EDT,
 to the EDT-tempered distribution (min-p's threshold is relative to the top
 token's tempered probability, so EDT's cooling removes more tails).
 Greedy requests are declined in ``add_request``; rows of requests without EDT
-are multiplied by exactly 1.0, which leaves every float bit-for-bit unchanged,
+are multiplied by exactly 1.0 (and never masked), which leaves every float
+bit-for-bit unchanged,
 so the whole batch is processed without a host-device sync.
 """
 
@@ -32,7 +33,7 @@ from vllm.v1.worker.gpu.sample.logits_processor import (
     LogitsProcRequestState,
 )
 
-from server.edt.formula import entropy_nats, logit_multiplier
+from server.edt.formula import apply_edt_, entropy_nats
 from server.edt.params import default_from_additional_config, request_params
 
 if TYPE_CHECKING:
@@ -74,6 +75,5 @@ class EntropyDynamicTemperatureLogitsProcessorV2(LogitsProcessor):
         if not np.any(self._coefficient_host[ctx.idx_mapping_np] > 0.0):
             return logits
         coefficient = self._coefficient[ctx.expanded_idx_mapping]
-        multiplier = logit_multiplier(entropy_nats(logits), coefficient)
-        multiplier = torch.where(coefficient > 0.0, multiplier, torch.ones_like(multiplier))
-        return logits.mul_(multiplier.unsqueeze(1))
+        # Rows without EDT have coefficient 0: multiplied by exactly 1.0, never masked.
+        return apply_edt_(logits, entropy_nats(logits), coefficient)

@@ -34,7 +34,7 @@ from vllm.v1.sample.logits_processor import (
     MoveDirectionality,
 )
 
-from server.edt.formula import entropy_nats, logit_multiplier
+from server.edt.formula import apply_edt_, entropy_nats
 from server.edt.params import default_from_additional_config, request_params
 
 if TYPE_CHECKING:
@@ -106,6 +106,5 @@ class EntropyDynamicTemperatureLogitsProcessor(LogitsProcessor):
             return logits
         scaled = logits.index_select(0, self._rows)  # z / T0 for the EDT rows
         entropy = entropy_nats(scaled * self._row_t0.unsqueeze(1))
-        multiplier = logit_multiplier(entropy, self._row_coefficient)
-        logits.index_copy_(0, self._rows, scaled.mul_(multiplier.unsqueeze(1)))
+        logits.index_copy_(0, self._rows, apply_edt_(scaled, entropy, self._row_coefficient))
         return logits

@@ -23,12 +23,12 @@ from server.edt.vllm_v1 import EntropyDynamicTemperatureLogitsProcessor
 
 VOCAB = 257
 MAX_REQS = 8
-FLOOR = 1e-4  # documented: T >= T0 * 1e-4
+FLOOR = 1e-4  # documented: below T0 * 1e-4, T = 0 (greedy)
 
 
 # ---------------------------------------------------------------- reference
 def reference_temperature(z: np.ndarray, theta: float, n: float, t0: float) -> float:
-    """T = T0 * N**(theta / H): H in nats over softmax(z), float64, documented floor."""
+    """T = T0 * N**(theta / H): H in nats over softmax(z), float64; 0 (greedy) below the floor."""
     z = np.asarray(z, dtype=np.float64)
     finite = np.isfinite(z)
     p = np.zeros_like(z)
@@ -37,11 +37,25 @@ def reference_temperature(z: np.ndarray, theta: float, n: float, t0: float) -> f
     nz = p > 0
     entropy = float(-(p[nz] * np.log(p[nz])).sum())
     ratio = n ** (theta / entropy) if entropy > 0 else 0.0
-    return t0 * max(ratio, FLOOR)
+    return t0 * ratio if ratio >= FLOOR else 0.0
 
 
 def reference_tempered(z: np.ndarray, temperature: float) -> np.ndarray:
-    return np.asarray(z, dtype=np.float64) / temperature
+    z = np.asarray(z, dtype=np.float64)
+    if temperature == 0.0:  # greedy: only the (first) argmax survives
+        out = np.full_like(z, -np.inf)
+        out[int(np.argmax(z))] = 0.0
+        return out
+    return z / temperature
+
+
+def assert_matches(got: torch.Tensor, want: np.ndarray) -> None:
+    got64 = got.double().numpy()
+    finite = np.isfinite(want)
+    assert np.array_equal(np.isfinite(got64), finite)
+    if finite.sum() == 1:  # greedy row: one survivor, its value is irrelevant
+        return
+    np.testing.assert_allclose(got64[finite], want[finite], rtol=2e-5, atol=1e-4)
 
 
 def random_logits(rows: int, seed: int, spread: float = 4.0) -> torch.Tensor:
@@ -85,11 +99,13 @@ def test_formula_matches_float64_reference(theta, n, t0):
         assert got[row].item() == pytest.approx(want, rel=2e-5)
 
 
-def test_formula_floor_at_zero_entropy_is_finite():
-    logits = torch.full((1, VOCAB), float("-inf"))
+def test_formula_floor_is_greedy_at_low_entropy():
+    logits = torch.full((2, VOCAB), float("-inf"))
     logits[0, 7] = 3.0  # one-hot after masking: H = 0
+    logits[1, :2] = torch.tensor([9.0, 0.0])  # H ~ 0.0012 nats: T below T0 * 1e-4
     temperature = edt_temperature(logits, theta=1.0, n=0.8, t0=0.9)
-    assert temperature.item() == pytest.approx(0.9 * FLOOR)
+    assert temperature.tolist() == [0.0, 0.0]
+    assert reference_temperature(logits[1].numpy(), 1.0, 0.8, 0.9) == 0.0
 
 
 def test_formula_theta_zero_is_fixed_temperature():
@@ -123,8 +139,7 @@ def test_v1_processor_matches_reference_and_leaves_other_rows_untouched():
     for row, (t0, theta, n) in enumerate(setting):
         if theta and t0 >= 1e-5:
             temp = reference_temperature(z[row].numpy(), theta, n or 0.8, t0)
-            want = reference_tempered(z[row].numpy(), temp)
-            np.testing.assert_allclose(out[row].double().numpy(), want, rtol=2e-5, atol=1e-4)
+            assert_matches(out[row], reference_tempered(z[row].numpy(), temp))
         else:
             assert same_bits(out[row], before[row]), f"row {row} was modified"
 
@@ -154,7 +169,7 @@ def test_v1_processor_follows_moves_swaps_and_removals():
     before, out = v1_step(proc, z, [1.0, 1.0])
     assert same_bits(out[0], before[0])
     temp = reference_temperature(z[1].numpy(), 2.0, 0.8, 1.0)
-    np.testing.assert_allclose(out[1].double().numpy(), z[1].double().numpy() / temp, rtol=2e-5)
+    assert_matches(out[1], reference_tempered(z[1].numpy(), temp))
     # Remove the EDT request: nothing is touched any more.
     proc.update_state(BatchUpdate(batch_size=1, removed=[1], added=[], moved=[]))
     z = random_logits(1, seed=6)
@@ -170,7 +185,7 @@ def test_v1_worker_default_applies_unless_request_opts_out():
     z = random_logits(2, seed=7)
     before, out = v1_step(proc, z, [1.0, 1.0])
     temp = reference_temperature(z[0].numpy(), 1.5, 0.7, 1.0)
-    np.testing.assert_allclose(out[0].double().numpy(), z[0].double().numpy() / temp, rtol=2e-5)
+    assert_matches(out[0], reference_tempered(z[0].numpy(), temp))
     assert same_bits(out[1], before[1])
 
 
@@ -236,9 +251,8 @@ def test_mrv2_processor_matches_reference_then_runner_temperature():
         t0, theta, n = slot_setting[slot]
         if theta and t0 >= 1e-5:
             temp = reference_temperature(before[row].numpy(), theta, n or 0.8, t0)
-            runner_scaled = out[row].double().numpy() / t0  # the runner's own division by T0
-            want = reference_tempered(before[row].numpy(), temp)
-            np.testing.assert_allclose(runner_scaled, want, rtol=2e-5, atol=1e-4)
+            runner_scaled = out[row] / t0  # the runner's own division by T0
+            assert_matches(runner_scaled, reference_tempered(before[row].numpy(), temp))
         else:
             assert same_bits(out[row], before[row]), f"slot {slot} was modified"
 
@@ -276,7 +290,21 @@ def test_mrv2_speculative_rows_share_their_request_parameters():
     out = proc.apply(z, ctx)
     for row in (0, 1):
         temp = reference_temperature(before[row].numpy(), 0.8, 0.8, 1.0)
-        np.testing.assert_allclose(
-            out[row].double().numpy(), before[row].double().numpy() / temp, rtol=2e-5, atol=1e-4
-        )
+        assert_matches(out[row], reference_tempered(before[row].numpy(), temp))
     assert same_bits(out[2], before[2])
+
+
+def test_past_the_floor_both_runners_keep_exactly_the_first_argmax_like_greedy():
+    z = torch.full((1, VOCAB), -5.0)
+    z[0, 11] = z[0, 40] = 20.0  # an exact tie at the top, as bf16 logits often have
+    v1 = EntropyDynamicTemperatureLogitsProcessor(vllm_config(), torch.device("cpu"), False)
+    v1.update_state(
+        BatchUpdate(batch_size=1, removed=[], added=[(0, params(1.0, 1e6), None, [])], moved=[])
+    )
+    _, out_v1 = v1_step(v1, z, [1.0])
+    mrv2 = mrv2_processor()
+    mrv2.add_request(0, params(1.0, 1e6))
+    mrv2.apply_staged_writes()
+    out_mrv2 = mrv2.apply(z.clone(), mrv2_context([0]))
+    for out in (out_v1, out_mrv2):
+        assert torch.isfinite(out[0]).nonzero().flatten().tolist() == [11]
