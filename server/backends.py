@@ -229,6 +229,7 @@ class WorkerMonitor:
         worker = self.pool.workers.get(url)
         # A worker out of rotation after a failure must show it still generates.
         returning = worker is not None and not worker.healthy and worker.consecutive_failures > 0
+        was_healthy = worker is not None and worker.healthy
         try:
             models = await probe(self.client, url, self.health_timeout_s)
             if returning:
@@ -236,6 +237,10 @@ class WorkerMonitor:
         except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
             where = getattr(getattr(exc, "_request", None), "url", url)
             self.pool.report_failure(url, f"health check of {where} failed: {exc!r}")
+            return
+        if was_healthy and not worker.healthy:
+            # Taken out by a failed request while this probe ran: a plain /health answer
+            # does not clear that; the next round probes with a generation.
             return
         self.pool.report_healthy(url, models)
 

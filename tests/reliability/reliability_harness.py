@@ -98,7 +98,9 @@ class Gateway:
         self.workdir = workdir
         self.config = {
             "workers": workers, "host": "127.0.0.1", "port": self.port,
-            "health_interval_s": 0.2, "health_timeout_s": 0.5,
+            # Probes every 0.2 s; on this shared 2-core machine a stand-in can be slow to
+            # answer one, so one failed probe alone does not take a worker out.
+            "health_interval_s": 0.2, "health_timeout_s": 2.0, "unhealthy_after_failures": 2,
             "request_log_path": str(workdir / f"requests-{self.port}.jsonl"),
             **settings,
         }

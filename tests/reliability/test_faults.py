@@ -177,10 +177,11 @@ async def test_worker_killed_mid_run_loses_no_request_and_is_used_again(standins
 
 
 def test_stalled_worker_trips_the_timeout_and_the_health_check_takes_it_out(standins, gateways):
-    stalled = standins(token_delay_s=0.0)
-    good = standins(token_delay_s=0.0)
+    # Between idle workers routing breaks the tie by URL: make the stalled one the first pick.
+    stalled, good = sorted([standins(token_delay_s=0.0), standins(token_delay_s=0.0)],
+                           key=lambda w: w.url)
     gw = gateways([stalled.url, good.url], first_byte_timeout_s=1.5, request_timeout_s=10,
-                  max_attempts=2)
+                  max_attempts=2, unhealthy_after_failures=1, health_timeout_s=1.0)
     # The stalled worker still answers /health: only a real request shows it is stuck.
     stalled.control(mode="stall")
 

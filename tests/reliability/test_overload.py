@@ -61,6 +61,14 @@ async def _closed_loop(gw, clients: int, seconds: float, prompt_pad: int = 0) ->
             "max_depth": max(depth), "max_rss": max(rss), "min_rss": min(rss)}
 
 
+def _merge(runs: list[dict]) -> dict:
+    counts: Counter = sum((r["counts"] for r in runs), Counter())
+    return {"counts": counts, "throughput": sum(r["throughput"] for r in runs) / len(runs),
+            "retry_after": [x for r in runs for x in r["retry_after"]],
+            "max_depth": max(r["max_depth"] for r in runs),
+            "max_rss": max(r["max_rss"] for r in runs), "min_rss": min(r["min_rss"] for r in runs)}
+
+
 async def test_three_times_capacity_is_refused_cleanly_without_collapse(standins, gateways):
     workers = [standins(token_delay_s=0.01), standins(token_delay_s=0.01)]
     slots = 4
@@ -69,11 +77,13 @@ async def test_three_times_capacity_is_refused_cleanly_without_collapse(standins
     gw = gateways([w.url for w in workers], max_sequences_per_worker=slots,
                   queue_capacity=queue_capacity, request_log_path=None)
     pad = 8000  # ~16 KB prompts, so memory held per request would show
-    # Warm-up, then the peak: 1.5x capacity keeps every slot busy without refusals.
+    # Warm-up. Then peak (1.5x capacity keeps every slot busy without refusals) and 3x
+    # capacity, interleaved in rounds so that other load on a shared machine hits both alike.
     await _closed_loop(gw, capacity, 2.0, pad)
-    peak = await _closed_loop(gw, capacity + capacity // 2, 6.0, pad)
+    rounds = [(await _closed_loop(gw, capacity + capacity // 2, 3.0, pad),
+               await _closed_loop(gw, 3 * capacity, 3.0, pad)) for _ in range(3)]
+    peak, over = (_merge([r[k] for r in rounds]) for k in (0, 1))
     assert peak["counts"]["429"] == 0 and set(peak["counts"]) == {"ok"}, peak
-    over = await _closed_loop(gw, 3 * capacity, 6.0, pad)
     print(f"\nRELIABILITY overload: peak {peak['throughput']:.1f} req/s, at 3x capacity "
           f"{over['throughput']:.1f} req/s ({over['throughput'] / peak['throughput']:.0%}); "
           f"{dict(over['counts'])}; max queue depth {over['max_depth']}/{queue_capacity}; "
