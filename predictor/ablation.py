@@ -7,6 +7,7 @@ held-out prompt group, with the same LightGBM parameters.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -36,7 +37,8 @@ def feature_sets(include_minilm: bool) -> list[FeatureConfig]:
 
 
 def run_ablation(source: Path | str | None = None, include_minilm: bool = True,
-                 latency_requests: int = 300) -> dict:
+                 latency_requests: int = 300, write_to: Path | None = None) -> dict:
+    """Trains and scores each feature set; rewrites ``write_to`` after each one."""
     frame = load_castillo(source)
     train_rows, held_out = split_holdout(frame)
     train_rows, cleaning = remove_degenerate(train_rows)
@@ -57,16 +59,26 @@ def run_ablation(source: Path | str | None = None, include_minilm: bool = True,
             **{k: figures[k] for k in (
                 "kendall_tau_mean", "kendall_tau_per_model", "kendall_tau_single", "mae_tokens",
                 "p90_coverage", "predict_latency_p50_ms", "predict_latency_p99_ms",
-                "predict_latency_mean_ms")},
+                "predict_latency_mean_ms", "predict_cpu_p50_ms", "predict_cpu_p99_ms",
+                "load_average_1m")},
         })
+        report = _report(results, held_out, train_rows, cleaning, params, baselines)
+        if write_to is not None:
+            write_to.parent.mkdir(parents=True, exist_ok=True)
+            write_to.write_text(json.dumps(report, indent=2))
+    return report
+
+
+def _report(results, held_out, train_rows, cleaning, params, baselines) -> dict:
     baseline = evaluate_baselines(held_out, baselines)
     summary = [{k: r[k] for k in ("feature_set", "kendall_tau_mean", "kendall_tau_single",
                                   "mae_tokens", "predict_latency_p50_ms",
-                                  "predict_latency_p99_ms")} for r in results]
+                                  "predict_latency_p99_ms", "predict_cpu_p50_ms",
+                                  "predict_cpu_p99_ms")} for r in results]
     return {
         "command": "lengthwise predictor ablation",
-        "held_out_rows": int(len(held_out)),
-        "training_rows": int(len(train_rows)),
+        "held_out_rows": len(held_out),
+        "training_rows": len(train_rows),
         "cleaning": cleaning.__dict__,
         "params": params.to_dict(),
         "baselines": baseline,

@@ -71,7 +71,7 @@ class CastilloLengthPredictor:
         self.meta = meta or {}
 
     @classmethod
-    def from_directory(cls, directory: Path | str) -> "CastilloLengthPredictor":
+    def from_directory(cls, directory: Path | str) -> CastilloLengthPredictor:
         directory = Path(directory)
         return cls(LengthModel.load(directory), read_meta(directory))
 

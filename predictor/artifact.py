@@ -23,7 +23,7 @@ import platform
 import shutil
 import tempfile
 from dataclasses import asdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +38,7 @@ from predictor.locations import cache_dir
 from predictor.train import TrainParams, train_length_model
 
 #: Bump when features, targets or training change, so cached artifacts are rebuilt.
-ARTIFACT_VERSION = "2"
+ARTIFACT_VERSION = "3"
 HOLDOUT_SALT = "lengthwise-eval-holdout"
 HOLDOUT_FRACTION = 0.2
 META_FILE = "meta.json"
@@ -104,7 +104,7 @@ def train_artifact(frame: pd.DataFrame, directory: Path | None = None, *, holdou
             "\n".join(sorted(cleaned["prompt_id"].unique())) + "\n")
         meta = {
             "artifact_version": ARTIFACT_VERSION,
-            "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
             "data": {
                 "source": source,
                 "fingerprint": fingerprint,
@@ -112,7 +112,7 @@ def train_artifact(frame: pd.DataFrame, directory: Path | None = None, *, holdou
                 "holdout": {"enabled": holdout, "salt": HOLDOUT_SALT,
                             "fraction": HOLDOUT_FRACTION, "rows_held_out": held_out},
                 "cleaning": {**asdict(cleaning), "rows_out": cleaning.rows_out},
-                "rows_trained": int(len(cleaned)),
+                "rows_trained": len(cleaned),
                 # the p90 offset: heads fitted without a prompt group, scored on it
                 "calibration": {"rows_fit": result.rows_fit,
                                 "rows_held": result.rows_calibration},

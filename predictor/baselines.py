@@ -29,7 +29,7 @@ class Baselines:
     input_bin_means: list[float]
 
     @classmethod
-    def fit(cls, frame: pd.DataFrame) -> "Baselines":
+    def fit(cls, frame: pd.DataFrame) -> Baselines:
         truth = frame["output_mean"].to_numpy(float)
         sizes = input_length(frame)
         edges = np.unique(np.quantile(sizes, np.linspace(0, 1, INPUT_BINS + 1)[1:-1]))
@@ -51,5 +51,5 @@ class Baselines:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Baselines":
+    def from_dict(cls, data: dict) -> Baselines:
         return cls(**data)

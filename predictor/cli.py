@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from enum import Enum
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -23,8 +22,8 @@ def _print_json(data) -> None:
 
 @app.command()
 def train(
-    data: Optional[Path] = typer.Option(None, help="CASTILLO file or folder (default: shared copy, else the hub)"),
-    output: Optional[Path] = typer.Option(None, help="artifact directory (default: cache_dir()/predictor/v<version>)"),
+    data: Path | None = typer.Option(None, help="CASTILLO file or folder (default: shared copy, else the hub)"),
+    output: Path | None = typer.Option(None, help="artifact directory (default: cache_dir()/predictor/v<version>)"),
     holdout: bool = typer.Option(True, help="leave the fixed evaluation prompt group out of training"),
 ) -> None:
     """Train the length predictor artifact and print its meta.json summary."""
@@ -39,12 +38,30 @@ def train(
                  "metrics": meta["metrics"]})
 
 
+@app.command()
+def ensure(
+    data: Path | None = typer.Option(None, help="CASTILLO file or folder (default: shared copy, else the hub)"),
+) -> None:
+    """Train the default artifact only if it is missing, stale or on other data (for set-up scripts)."""
+    import time
+
+    from predictor.artifact import ensure_trained, read_meta
+
+    started = time.perf_counter()
+    directory = ensure_trained(data)
+    meta = read_meta(directory)
+    _print_json({"artifact": str(directory), "artifact_version": meta["artifact_version"],
+                 "fingerprint": meta["data"]["fingerprint"],
+                 "training_seconds": meta["training_seconds"],
+                 "seconds_this_call": round(time.perf_counter() - started, 2)})
+
+
 @app.command("eval")
 def evaluate_command(
     data: Path = typer.Option(..., help="CASTILLO-schema parquet/JSON file or folder"),
     output_json: Path = typer.Option(..., help="where to write the figures"),
     split: Split = typer.Option(Split.all, help="'holdout': only the rows of the default artifact's held-out prompt group"),
-    artifact: Optional[Path] = typer.Option(None, help="artifact directory (default: the default artifact, trained first if missing)"),
+    artifact: Path | None = typer.Option(None, help="artifact directory (default: the default artifact, trained first if missing)"),
     drop_degenerate: bool = typer.Option(False, help="also drop the paper's degenerate rows from the evaluation rows"),
     latency_requests: int = typer.Option(500, help="single requests timed for the latency figures"),
 ) -> None:
@@ -88,9 +105,9 @@ def evaluate_command(
 def predict(
     prompt: str = typer.Argument(..., help="prompt text, or a JSON list of chat messages with --messages"),
     model: str = typer.Option(..., help="served model name"),
-    max_tokens: Optional[int] = typer.Option(None, help="the request's max_tokens (caps the prediction)"),
+    max_tokens: int | None = typer.Option(None, help="the request's max_tokens (caps the prediction)"),
     messages: bool = typer.Option(False, help="PROMPT is a JSON list of chat messages"),
-    artifact: Optional[Path] = typer.Option(None, help="artifact directory (default: trained if missing)"),
+    artifact: Path | None = typer.Option(None, help="artifact directory (default: trained if missing)"),
 ) -> None:
     """Predict one request's completion length; prints JSON."""
     from dataclasses import asdict
@@ -112,8 +129,8 @@ def predict(
 
 @app.command()
 def ablation(
-    data: Optional[Path] = typer.Option(None, help="CASTILLO file or folder (default: shared copy)"),
-    output_json: Optional[Path] = typer.Option(None, help="default: reports/predictor_feature_ablation.json"),
+    data: Path | None = typer.Option(None, help="CASTILLO file or folder (default: shared copy)"),
+    output_json: Path | None = typer.Option(None, help="default: reports/predictor_feature_ablation.json"),
     minilm: bool = typer.Option(True, help="include the MiniLM feature set (needs the 'embeddings' extra)"),
     latency_requests: int = typer.Option(300),
 ) -> None:
@@ -122,7 +139,6 @@ def ablation(
     from predictor.locations import reports_dir
 
     target = output_json or reports_dir() / "predictor_feature_ablation.json"
-    report = run_ablation(data, include_minilm=minilm, latency_requests=latency_requests)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(report, indent=2))
+    report = run_ablation(data, include_minilm=minilm, latency_requests=latency_requests,
+                          write_to=target)
     _print_json(report["summary"])

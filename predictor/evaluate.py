@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import time
 import warnings
@@ -21,7 +22,7 @@ def _tau(a: np.ndarray, b: np.ndarray) -> float:
     if len(a) < 2:
         return float("nan")
     value = kendalltau(a, b).statistic
-    return float(value) if value == value else float("nan")
+    return float(value) if not math.isnan(value) else float("nan")
 
 
 def single_sample_choice(frame: pd.DataFrame) -> np.ndarray:
@@ -38,7 +39,7 @@ def rank_and_error(pred: np.ndarray, frame: pd.DataFrame, single: np.ndarray) ->
     truth = frame["output_mean"].to_numpy(float)
     models = frame["model"].to_numpy()
     per_model = {m: _tau(pred[models == m], truth[models == m]) for m in sorted(set(models))}
-    finite = [v for v in per_model.values() if v == v]
+    finite = [v for v in per_model.values() if not math.isnan(v)]
     return {
         "kendall_tau_mean": _tau(pred, truth),
         "kendall_tau_per_model": float(np.mean(finite)) if finite else float("nan"),
@@ -87,7 +88,7 @@ def evaluate(predictor, frame: pd.DataFrame, baselines: Baselines,
         if seen:
             warnings.warn(f"{seen} of {len(frame)} evaluation rows have prompts the artifact "
                           "trained on; figures on them are not out-of-sample", stacklevel=2)
-    report = {"rows": int(len(frame)), "rows_seen_in_training": seen,
+    report = {"rows": len(frame), "rows_seen_in_training": seen,
               "rows_unknown_model": int((~known).sum())}
     report.update(rank_and_error(mean, frame, single))
     report["p90_coverage"] = float(np.mean(samples <= p90[:, None]))
@@ -100,7 +101,7 @@ def evaluate(predictor, frame: pd.DataFrame, baselines: Baselines,
         "predict_latency_mean_ms": float(lat.mean()),
         "predict_cpu_p50_ms": float(np.percentile(cpu, 50)),
         "predict_cpu_p99_ms": float(np.percentile(cpu, 99)),
-        "latency_requests": int(len(lat)),
+        "latency_requests": len(lat),
         "load_average_1m": os.getloadavg()[0],
     })
     for name, pred in (("per_model_mean", baselines.predict_per_model_mean(frame)),

@@ -45,7 +45,7 @@ class FeatureConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "FeatureConfig":
+    def from_dict(cls, data: dict) -> FeatureConfig:
         data = dict(data)
         data["ngram"] = NgramConfig(**data.get("ngram", {}))
         return cls(**data)
@@ -120,7 +120,7 @@ class TextFeaturizer:
 
     @classmethod
     def fit(cls, texts: list[str], targets: np.ndarray, config: FeatureConfig,
-            seed: int = 0) -> tuple["TextFeaturizer", np.ndarray]:
+            seed: int = 0) -> tuple[TextFeaturizer, np.ndarray]:
         """Fits on unique prompt texts; returns the featurizer and out-of-fold features."""
         clipped = [clip_text(t, config.max_chars) for t in texts]
         blocks = [np.vstack([lexical_features(c, len(t)) for c, t in zip(clipped, texts)])]
@@ -146,7 +146,7 @@ class TextFeaturizer:
             np.savez(directory / "minilm_heads.npz", pca=self.minilm_pca, ridge=self.minilm_ridge)
 
     @classmethod
-    def load(cls, directory: Path) -> "TextFeaturizer":
+    def load(cls, directory: Path) -> TextFeaturizer:
         config = FeatureConfig.from_dict(json.loads((directory / "features.json").read_text()))
         ngram = NgramEncoder.load(directory, config.ngram) if config.ngrams else None
         pca = ridge = None

@@ -75,7 +75,11 @@ class LengthModel:
 
     def predict_texts(self, texts: list[str], model_names: list[str]) -> RawPrediction:
         codes = [self.model_code(m) for m in model_names]
-        return self.predict_features(self.featurizer.transform(texts), codes)
+        # a batch often repeats a prompt (one per model): featurize each text once
+        unique: dict[str, int] = {}
+        positions = [unique.setdefault(t, len(unique)) for t in texts]
+        features = self.featurizer.transform(list(unique))
+        return self.predict_features(features[positions], codes)
 
     # -- persistence -----------------------------------------------------------------------
 
@@ -89,7 +93,7 @@ class LengthModel:
             {"models": self.models, "p90_log_offset": self.p90_log_offset}, indent=2))
 
     @classmethod
-    def load(cls, directory: Path) -> "LengthModel":
+    def load(cls, directory: Path) -> LengthModel:
         import lightgbm
 
         info = json.loads((directory / "model.json").read_text())

@@ -115,7 +115,7 @@ class NgramEncoder:
 
     @classmethod
     def fit(cls, texts: list[str], targets: np.ndarray, groups_for_oof: int, config: NgramConfig,
-            seed: int = 0) -> tuple["NgramEncoder", np.ndarray]:
+            seed: int = 0) -> tuple[NgramEncoder, np.ndarray]:
         """Fits on unique prompts; returns the encoder and out-of-fold features for ``texts``.
 
         ``targets`` is (prompts x k): what the ridge scores learn. Out-of-fold ridge
@@ -160,7 +160,7 @@ class NgramEncoder:
         )
 
     @classmethod
-    def load(cls, directory: Path, config: NgramConfig) -> "NgramEncoder":
+    def load(cls, directory: Path, config: NgramConfig) -> NgramEncoder:
         with np.load(directory / "ngram_encoder.npz") as data:
             projection = data["projection"]
             dims = int(data["svd_dims"])

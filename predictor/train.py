@@ -17,14 +17,14 @@ CALIBRATION_SALT = "lengthwise-calibration"
 
 @dataclass(frozen=True)
 class TrainParams:
-    learning_rate: float = 0.06
-    num_leaves: int = 31
+    learning_rate: float = 0.05
+    num_leaves: int = 63
     min_data_in_leaf: int = 40
-    feature_fraction: float = 0.8
+    feature_fraction: float = 0.5
     bagging_fraction: float = 0.8
     lambda_l2: float = 1.0
     max_bin: int = 63
-    mean_rounds: int = 400
+    mean_rounds: int = 600
     quantile_rounds: int = 250
     #: sampled completions per row used for the quantile heads (of 10)
     samples_per_row: int = 2
@@ -61,7 +61,7 @@ def sample_matrix(frame: pd.DataFrame) -> np.ndarray:
 
 def text_features_for_rows(featurizer: TextFeaturizer, frame: pd.DataFrame) -> np.ndarray:
     """Features per row, computed once per unique prompt."""
-    codes, uniques = pd.factorize(frame["prompt_id"])
+    codes, _ = pd.factorize(frame["prompt_id"])
     first = pd.Series(np.arange(len(frame))).groupby(codes).first().to_numpy()
     texts = frame["prompt_text"].to_numpy()[first].tolist()
     return featurizer.transform(texts)[codes]

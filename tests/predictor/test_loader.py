@@ -74,6 +74,6 @@ def test_grouped_split_keeps_prompts_on_one_side_and_is_reproducible(castillo_va
     assert not set(train["prompt_id"]) & set(test["prompt_id"])
     assert len(train) + len(test) == len(castillo_validate)
     assert 0.15 < test["prompt_id"].nunique() / castillo_validate["prompt_id"].nunique() < 0.25
-    again_train, again_test = grouped_split(castillo_validate.sample(frac=1, random_state=1),
-                                            test_fraction=0.2, salt="s")
+    _, again_test = grouped_split(castillo_validate.sample(frac=1, random_state=1),
+                                  test_fraction=0.2, salt="s")
     assert set(again_test["sample_id"]) == set(test["sample_id"])
