@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from enum import Enum
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -22,9 +23,9 @@ def _print_json(data) -> None:
 
 @app.command()
 def train(
-    data: Path | None = typer.Option(None, help="CASTILLO file or folder (default: shared copy, else the hub)"),
-    output: Path | None = typer.Option(None, help="artifact directory (default: cache_dir()/predictor/v<version>)"),
-    holdout: bool = typer.Option(True, help="leave the fixed evaluation prompt group out of training"),
+    data: Annotated[Path | None, typer.Option(help="CASTILLO file or folder (default: shared copy, else the hub)")] = None,
+    output: Annotated[Path | None, typer.Option(help="artifact directory (default: cache_dir()/predictor/v<version>)")] = None,
+    holdout: Annotated[bool, typer.Option(help="leave the fixed evaluation prompt group out of training")] = True,
 ) -> None:
     """Train the length predictor artifact and print its meta.json summary."""
     from predictor.artifact import read_meta, train_artifact
@@ -40,7 +41,7 @@ def train(
 
 @app.command()
 def ensure(
-    data: Path | None = typer.Option(None, help="CASTILLO file or folder (default: shared copy, else the hub)"),
+    data: Annotated[Path | None, typer.Option(help="CASTILLO file or folder (default: shared copy, else the hub)")] = None,
 ) -> None:
     """Train the default artifact only if it is missing, stale or on other data (for set-up scripts)."""
     import time
@@ -58,12 +59,12 @@ def ensure(
 
 @app.command("eval")
 def evaluate_command(
-    data: Path = typer.Option(..., help="CASTILLO-schema parquet/JSON file or folder"),
-    output_json: Path = typer.Option(..., help="where to write the figures"),
-    split: Split = typer.Option(Split.all, help="'holdout': only the rows of the default artifact's held-out prompt group"),
-    artifact: Path | None = typer.Option(None, help="artifact directory (default: the default artifact, trained first if missing)"),
-    drop_degenerate: bool = typer.Option(False, help="also drop the paper's degenerate rows from the evaluation rows"),
-    latency_requests: int = typer.Option(500, help="single requests timed for the latency figures"),
+    data: Annotated[Path, typer.Option(help="CASTILLO-schema parquet/JSON file or folder")],
+    output_json: Annotated[Path, typer.Option(help="where to write the figures")],
+    split: Annotated[Split, typer.Option(help="'holdout': only the rows of the default artifact's held-out prompt group")] = Split.all,
+    artifact: Annotated[Path | None, typer.Option(help="artifact directory (default: the default artifact, trained first if missing)")] = None,
+    drop_degenerate: Annotated[bool, typer.Option(help="also drop the paper's degenerate rows from the evaluation rows")] = False,
+    latency_requests: Annotated[int, typer.Option(help="single requests timed for the latency figures")] = 500,
 ) -> None:
     """Evaluate the trained predictor (benchmark figures, written as JSON)."""
     from predictor.api import CastilloLengthPredictor
@@ -103,11 +104,11 @@ def evaluate_command(
 
 @app.command()
 def predict(
-    prompt: str = typer.Argument(..., help="prompt text, or a JSON list of chat messages with --messages"),
-    model: str = typer.Option(..., help="served model name"),
-    max_tokens: int | None = typer.Option(None, help="the request's max_tokens (caps the prediction)"),
-    messages: bool = typer.Option(False, help="PROMPT is a JSON list of chat messages"),
-    artifact: Path | None = typer.Option(None, help="artifact directory (default: trained if missing)"),
+    prompt: Annotated[str, typer.Argument(help="prompt text, or a JSON list of chat messages with --messages")],
+    model: Annotated[str, typer.Option(help="served model name")],
+    max_tokens: Annotated[int | None, typer.Option(help="the request's max_tokens (caps the prediction)")] = None,
+    messages: Annotated[bool, typer.Option(help="PROMPT is a JSON list of chat messages")] = False,
+    artifact: Annotated[Path | None, typer.Option(help="artifact directory (default: trained if missing)")] = None,
 ) -> None:
     """Predict one request's completion length; prints JSON."""
     from dataclasses import asdict
@@ -129,10 +130,10 @@ def predict(
 
 @app.command()
 def ablation(
-    data: Path | None = typer.Option(None, help="CASTILLO file or folder (default: shared copy)"),
-    output_json: Path | None = typer.Option(None, help="default: reports/predictor_feature_ablation.json"),
-    minilm: bool = typer.Option(True, help="include the MiniLM feature set (needs the 'embeddings' extra)"),
-    latency_requests: int = typer.Option(300),
+    data: Annotated[Path | None, typer.Option(help="CASTILLO file or folder (default: shared copy)")] = None,
+    output_json: Annotated[Path | None, typer.Option(help="default: reports/predictor_feature_ablation.json")] = None,
+    minilm: Annotated[bool, typer.Option(help="include the MiniLM feature set (needs the 'embeddings' extra)")] = True,
+    latency_requests: Annotated[int, typer.Option()] = 300,
 ) -> None:
     """Measure what each text feature set buys (tau, MAE, latency) on the held-out prompts."""
     from predictor.ablation import run_ablation
