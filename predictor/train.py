@@ -39,7 +39,7 @@ class TrainParams:
         return asdict(self)
 
 
-def _lgb_params(params: TrainParams, objective: str, alpha: float | None = None) -> dict:
+def lightgbm_params(params: TrainParams, objective: str, alpha: float | None = None) -> dict:
     out = {
         "objective": objective, "learning_rate": params.learning_rate,
         "num_leaves": params.num_leaves, "min_data_in_leaf": params.min_data_in_leaf,
@@ -75,7 +75,7 @@ def _fit_heads(matrix: np.ndarray, frame: pd.DataFrame, samples: np.ndarray, par
     if "mean" in heads:
         log_mean = np.log1p(frame["output_mean"].to_numpy(float))
         boosters["mean"] = lightgbm.train(
-            _lgb_params(params, "regression"),
+            lightgbm_params(params, "regression"),
             lightgbm.Dataset(matrix, log_mean, categorical_feature=categorical),
             num_boost_round=params.mean_rounds)
     quantiles = [(h, a) for h, a in (("p50", 0.5), ("p90", 0.9)) if h in heads]
@@ -89,7 +89,7 @@ def _fit_heads(matrix: np.ndarray, frame: pd.DataFrame, samples: np.ndarray, par
         dataset = lightgbm.Dataset(np.repeat(matrix, k, axis=0), exploded_y,
                                    categorical_feature=categorical, free_raw_data=False)
         for head, alpha in quantiles:
-            boosters[head] = lightgbm.train(_lgb_params(params, "quantile", alpha), dataset,
+            boosters[head] = lightgbm.train(lightgbm_params(params, "quantile", alpha), dataset,
                                             num_boost_round=params.quantile_rounds)
     return boosters
 
