@@ -105,3 +105,33 @@ def evaluate(
     target.write_text(json.dumps(result, indent=2) + "\n")
     typer.echo(json.dumps({k: result[k] for k in ("settings", "data")}, indent=2))
     typer.echo(f"wrote {target}")
+
+
+@app.command("bench-online")
+def bench_online(
+    directory: Path = typer.Argument(..., help="Profile run folder of the served model"),
+    mode: str = typer.Option("replay", help="replay (no worker) or live (gateway + worker)"),
+    worker: str | None = typer.Option(None, help="live: the vLLM worker URL"),
+    requests: int = typer.Option(1000, min=10),
+    window: int = typer.Option(200, min=10, help="Requests per rolling window"),
+    refit_every: int = typer.Option(100, min=10),
+    rate: float = typer.Option(1.0, help="live: Poisson arrivals per second"),
+    max_tokens: int = typer.Option(256, help="live: max_tokens of every request"),
+    seed: int = typer.Option(0),
+    output: Path | None = typer.Option(None, help="Report JSON (default reports/online_learning_bench.json)"),
+) -> None:
+    """Cold start with the model-agnostic predictor; rolling tau (and sjf latency, live) as the gateway learns."""
+    from predictor.locations import reports_dir
+    from server.online_learning_bench import live, replay, write_report
+
+    if mode == "replay":
+        report = replay(directory, requests, window, seed, refit_every)
+    elif mode == "live":
+        if not worker:
+            raise typer.BadParameter("--worker is required with --mode live")
+        report = live(directory, worker, requests, window, rate, max_tokens, seed, refit_every)
+    else:
+        raise typer.BadParameter("--mode is replay or live")
+    path = write_report(report, output or reports_dir() / "online_learning_bench.json")
+    typer.echo(json.dumps({k: v for k, v in report.items() if k != "arms"}, indent=2)[:4000])
+    typer.echo(f"wrote {path}")

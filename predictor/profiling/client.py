@@ -17,7 +17,10 @@ class PromptRejected(Exception):
 
 
 class EndpointUnavailable(Exception):
-    """Retries ran out on transport errors or 5xx/429 answers."""
+    """Retries ran out on transport errors or 5xx/429 answers.
+
+    Retries back off to 30 s apart, so a worker restart (35 s to 2.5 min on CPU) is waited out.
+    """
 
 
 class CompletionClient:
@@ -29,7 +32,7 @@ class CompletionClient:
     """
 
     def __init__(self, target: str, model: str, settings: DecodingSettings,
-                 timeout_s: float = 900.0, retries: int = 4, api_key: str | None = None):
+                 timeout_s: float = 900.0, retries: int = 12, api_key: str | None = None):
         base = target.rstrip("/")
         self.url = base + ("/chat/completions" if base.endswith("/v1") else "/v1/chat/completions")
         self.model = model

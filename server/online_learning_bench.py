@@ -1,0 +1,196 @@
+"""Benchmark of online learning: the served model starts cold, the gateway learns its lengths.
+
+Two modes, one report (``reports/online_learning_bench.json``):
+
+* ``replay`` (no worker needed): the prompts of a profile of the served model
+  (``lengthwise profile``) stream through :class:`OnlineLearningPredictor` on top of
+  the CASTILLO-trained predictor, in a seeded order; each request's actual length is
+  one of the prompt's sampled lengths. Rolling Kendall tau / MAE are taken after
+  N = 200, 500, 1,000 requests and set beside a predictor trained offline on the
+  profile's other prompts (the same prompts are never in both). A refit is waited
+  for before the next request, so the figures do not depend on this machine's speed.
+* ``live``: the real gateway (sjf-aged) in front of a real worker, replaying the
+  same prompts with Poisson arrivals, online learning on vs off; mean end-to-end
+  latency per window of requests and the gateway's rolling tau gauge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import random
+import re
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+CHECKPOINTS = (200, 500, 1000)
+BENCH_SALT = "lengthwise-served-model-split"  # the served-model evaluation's split
+
+
+@dataclass(frozen=True)
+class StreamItem:
+    text: str
+    actual: float
+
+
+def build_stream(profile: pd.DataFrame, n: int, seed: int) -> list[StreamItem]:
+    """``n`` requests over the profile's rows; a prompt recurs only after all were used,
+    each time with another of its sampled lengths (as a real stream repeats prompts)."""
+    rng = random.Random(seed)
+    rows = list(zip(profile["prompt_text"], profile["output_sizes"]))
+    out: list[StreamItem] = []
+    while len(out) < n and rows:
+        order = list(range(len(rows)))
+        rng.shuffle(order)
+        for i in order[: n - len(out)]:
+            text, sizes = rows[i]
+            out.append(StreamItem(text, float(rng.choice(list(sizes)))))
+    return out
+
+
+def _window_figures(pred: np.ndarray, actual: np.ndarray) -> dict:
+    from scipy.stats import kendalltau
+
+    tau = kendalltau(pred, actual).statistic
+    return {"kendall_tau": float(tau) if not math.isnan(tau) else None,
+            "mae_tokens": float(np.mean(np.abs(pred - actual))),
+            "median_ratio": float(np.median(pred / np.maximum(actual, 1.0)))}
+
+
+def replay(profile_dir: Path, requests: int = 1000, window: int = 200, seed: int = 0,
+           refit_every: int = 100, castillo_source: Path | None = None) -> dict:
+    from predictor.api import CastilloLengthPredictor, load_default_predictor
+    from predictor.loader import grouped_split
+    from predictor.profiling.report import load_profile, profile_cap
+    from predictor.profiling.served_eval import clean_profile
+    from predictor.train import train_length_model
+    from server.online_learning import OnlineLearningPredictor, OnlineLearningSettings
+
+    profile = load_profile(profile_dir)
+    cap = profile_cap(profile)
+    model = str(profile["model"].iloc[0])
+    train_part, stream_part = grouped_split(profile, 0.5, BENCH_SALT)
+    base = load_default_predictor(castillo_source)
+    offline = CastilloLengthPredictor(train_length_model(clean_profile(train_part, cap)).model)
+    learner = OnlineLearningPredictor(base, OnlineLearningSettings(
+        refit_every=refit_every, min_observations=min(refit_every, 200), window=window, nice=0))
+    stream = build_stream(stream_part, requests, seed)
+
+    served, offline_pred, actual, refit_seconds = [], [], [], []
+    started = time.perf_counter()
+    offline_all = [p.mean for p in offline.predict_batch([s.text for s in stream],
+                                                         [model] * len(stream), [cap] * len(stream))]
+    for i, item in enumerate(stream):
+        pred = learner.predict(item.text, model, cap).mean
+        served.append(pred)
+        offline_pred.append(offline_all[i])
+        actual.append(item.actual)
+        began = time.perf_counter()
+        learner.observe(model, item.text, pred, item.actual, cap)
+        learner.wait_for_refits(300)
+        if time.perf_counter() - began > 0.05:
+            refit_seconds.append(time.perf_counter() - began)
+    served_a, offline_a, actual_a = map(np.asarray, (served, offline_pred, actual))
+    checkpoints = {}
+    for n in (*CHECKPOINTS, len(stream)):
+        if n > len(stream) or str(n) in checkpoints:
+            continue
+        lo = max(0, n - window)
+        checkpoints[str(n)] = {
+            "window": [lo, n],
+            "online": _window_figures(served_a[lo:n], actual_a[lo:n]),
+            "offline_trained_on_profile": _window_figures(offline_a[lo:n], actual_a[lo:n]),
+        }
+        online_tau = checkpoints[str(n)]["online"]["kendall_tau"]
+        offline_tau = checkpoints[str(n)]["offline_trained_on_profile"]["kendall_tau"]
+        if online_tau is not None and offline_tau is not None:
+            checkpoints[str(n)]["tau_gap_to_offline"] = offline_tau - online_tau
+    first = _window_figures(served_a[:window], actual_a[:window])
+    return {
+        "mode": "replay", "served_model": model, "max_tokens": cap, "requests": len(stream),
+        "window": window, "refit_every": refit_every, "seed": seed,
+        "stream_prompts": len(stream_part), "offline_training_prompts": len(train_part),
+        "cold_start_window": first, "checkpoints": checkpoints,
+        "learner": learner.status(model),
+        "refit_seconds_mean": float(np.mean(refit_seconds)) if refit_seconds else None,
+        "seconds": round(time.perf_counter() - started, 1),
+        "notes": ("actual = one sampled length of the prompt (what a request meets); tau over the "
+                  "last `window` requests before each checkpoint; the offline predictor was trained "
+                  "on the profile's other half of prompts (grouped split)"),
+    }
+
+
+def _gauge(text: str, name: str, model: str) -> float | None:
+    match = re.search(rf'^{name}\{{model="{re.escape(model)}"\}} (\S+)$', text, re.MULTILINE)
+    return float(match.group(1)) if match else None
+
+
+def live(profile_dir: Path, worker_url: str, requests: int = 1000, window: int = 100,
+         rate_per_s: float = 1.0, max_tokens: int = 256, seed: int = 0,
+         refit_every: int = 100) -> dict:
+    """Arms: online learning off, then on; same prompts, same arrivals, gateway sjf-aged."""
+    import httpx
+
+    from predictor.profiling.report import load_profile
+    from server.live_bench import GatewayProcess, Workload, _free_port, arrival_offsets, run_arm
+
+    profile = load_profile(profile_dir)
+    model = str(profile["model"].iloc[0])
+    stream = build_stream(profile, requests, seed)
+    workload = Workload(num_requests=len(stream), rate_per_s=rate_per_s, max_tokens=max_tokens,
+                        seed=seed)
+    offsets = arrival_offsets(workload)
+    bodies = [{"model": model, "messages": [{"role": "user", "content": s.text}],
+               "max_tokens": max_tokens, "temperature": 0.7, "top_p": 0.8, "stream": True,
+               "stream_options": {"include_usage": True}} for s in stream]
+    arms = {}
+    for arm, enabled in (("online_off", False), ("online_on", True)):
+        with tempfile.TemporaryDirectory() as tmp:
+            args = ["--policy", "sjf-aged", "--queue-capacity", str(max(1024, len(stream))),
+                    "--request-log", str(Path(tmp) / "requests.jsonl")]
+            import os
+
+            os.environ["LENGTHWISE_ONLINE_LEARNING"] = "true" if enabled else "false"
+            os.environ["LENGTHWISE_ONLINE_REFIT_EVERY"] = str(refit_every)
+            os.environ["LENGTHWISE_ONLINE_MIN_OBSERVATIONS"] = str(max(20, refit_every))
+            os.environ["LENGTHWISE_ONLINE_WINDOW"] = str(window)
+            with GatewayProcess(worker_url, _free_port(), args, Path(tmp) / "gateway.log") as gw:
+                results = asyncio.run(run_arm(gw.url, bodies, offsets))
+                metrics = httpx.get(gw.url + "/metrics", timeout=10).text
+        windows = []
+        for lo in range(0, len(results), window):
+            part = [r for r in results[lo:lo + window] if r.ok]
+            pred = np.array([r.predicted_tokens or 0.0 for r in part])
+            actual = np.array([float(r.completion_tokens) for r in part])
+            windows.append({"requests": [lo, lo + window], "ok": len(part),
+                            "e2e_mean_s": float(np.mean([r.e2e_s for r in part])) if part else None,
+                            **(_window_figures(pred, actual) if len(part) > 2 else {})})
+        arms[arm] = {"windows": windows,
+                     "gateway_rolling_tau": _gauge(metrics, "lengthwise_predictor_rolling_kendall_tau", model),
+                     "gateway_error_ratio": _gauge(metrics, "lengthwise_predictor_rolling_error_ratio", model)}
+    return {"mode": "live", "served_model": model, "worker": worker_url, "requests": len(stream),
+            "rate_per_s": rate_per_s, "max_tokens": max_tokens, "window": window, "arms": arms}
+
+
+def write_report(report: dict, output: Path) -> Path:
+    output.parent.mkdir(parents=True, exist_ok=True)
+
+    def finite(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: finite(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [finite(v) for v in value]
+        return value
+
+    existing = json.loads(output.read_text()) if output.exists() else {}
+    existing[report["mode"]] = finite(report)
+    output.write_text(json.dumps(existing, indent=2) + "\n")
+    return output
