@@ -105,6 +105,11 @@ class GatewayConfig(BaseSettings):
     """Larger request bodies get 413."""
     body_read_timeout_s: float = Field(30.0, gt=0)
     """A client that takes longer to send its body (slowloris) gets 400."""
+    max_header_bytes: int = Field(64 * 1024, ge=1024)
+    """A request whose header section is larger gets 400 and the connection is closed."""
+    header_timeout_s: float = Field(30.0, gt=0)
+    """A connection that has not sent a complete request head this long after connecting
+    (or after its request began) gets 400 and is closed (slowloris)."""
     max_n: int = Field(16, ge=1)
     """Largest ``n`` (choices per request) accepted."""
     max_prompts_per_request: int = Field(64, ge=1)

@@ -26,6 +26,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from server.config import GatewayConfig
+from server.http_protocol import protocol_class
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ def serve_app(app: FastAPI, cfg: GatewayConfig, *, log_level: str = "info") -> N
     """Run ``app`` on ``cfg.host:cfg.port`` until drained after SIGTERM (exit status 0)."""
     config = uvicorn.Config(
         app, host=cfg.host, port=cfg.port, log_level=log_level, access_log=False,
-        lifespan="on",
+        lifespan="on", http=protocol_class(cfg.max_header_bytes, cfg.header_timeout_s),
         # After the drain only idle or finishing connections remain; give them a moment.
         timeout_graceful_shutdown=max(1, int(cfg.shutdown_grace_s)),
     )

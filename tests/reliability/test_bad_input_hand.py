@@ -8,6 +8,7 @@ import asyncio
 import json
 import socket
 import time
+from collections import Counter
 from collections.abc import Iterator
 
 import httpx
@@ -18,13 +19,16 @@ from reliability_harness import MODEL, Gateway, Standin, assert_openai_error, ch
 CHAT = "/v1/chat/completions"
 MAX_BODY = 1024 * 1024
 BODY_TIMEOUT_S = 2.0
+HEADER_TIMEOUT_S = 3.0
+MAX_HEADER = 32 * 1024
 
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory) -> Iterator[Gateway]:
     worker = Standin(token_delay_s=0.0).start()
     gateway = Gateway(tmp_path_factory.mktemp("hand"), [worker.url], max_body_bytes=MAX_BODY,
-                      body_read_timeout_s=BODY_TIMEOUT_S, max_n=16).start()
+                      body_read_timeout_s=BODY_TIMEOUT_S, header_timeout_s=HEADER_TIMEOUT_S,
+                      max_header_bytes=MAX_HEADER, max_n=16).start()
     yield gateway
     gateway.stop()
     worker.kill()
@@ -170,6 +174,7 @@ def _slow_body_client(port: int, declared: int, sent_every_s: float) -> tuple[in
 async def test_slowloris_clients_are_cut_off_and_do_not_starve_others(gw):
     # 40 clients trickle their bodies; 150 more open connections and never finish headers.
     idle: list[socket.socket] = []
+    opened = time.monotonic()
     try:
         for _ in range(150):
             s = socket.create_connection(("127.0.0.1", gw.port), timeout=5)
@@ -184,6 +189,11 @@ async def test_slowloris_clients_are_cut_off_and_do_not_starve_others(gw):
                 client.post(gw.url + CHAT, json=chat_body("LEN=3")) for _ in range(20)))
         assert [r.status_code for r in normal] == [200] * 20
         results = await slow_task
+        # The connections that never finished their headers are cut off too.
+        await asyncio.sleep(max(0.0, HEADER_TIMEOUT_S + 1.0 - (time.monotonic() - opened)))
+        answers = await asyncio.gather(*(asyncio.to_thread(_read_all, s) for s in idle))
+        assert all(a.startswith(b"HTTP/1.1 400") and b"invalid_http" in a for a in answers), (
+            Counter(a[:40] for a in answers))
     finally:
         for s in idle:
             s.close()
@@ -191,4 +201,65 @@ async def test_slowloris_clients_are_cut_off_and_do_not_starve_others(gw):
         # Cut off with a 400 once the body deadline passes, well before the body would end.
         assert status == 400, results
         assert BODY_TIMEOUT_S - 0.5 <= elapsed <= BODY_TIMEOUT_S + 8, results
+    assert httpx.get(gw.url + "/health", timeout=5).status_code == 200
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    sock.settimeout(10)
+    data = b""
+    while True:
+        try:
+            more = sock.recv(65536)
+        except OSError:
+            break
+        if not more:
+            break
+        data += more
+    return data
+
+
+def test_huge_header_section_gets_400_and_is_not_buffered(gw):
+    rss_before = gw.rss_bytes()
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\nx-big: ")
+        sent = 0
+        try:
+            while sent < 64 * 2**20:
+                sock.sendall(b"a" * 65536)
+                sent += 65536
+        except OSError:
+            pass  # the gateway closed the connection, as it should
+        answer = _read_all(sock)
+    assert sent < 8 * 2**20, sent  # cut off long before 64 MiB
+    assert answer.startswith(b"HTTP/1.1 400") and b"invalid_http" in answer, answer[:200]
+    assert gw.rss_bytes() - rss_before < 16 * 2**20
+
+
+def _raw_exchange(port: int, request: bytes) -> tuple[bytes, bytes]:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        data = b""
+        while True:
+            try:
+                more = sock.recv(65536)
+            except OSError:
+                break
+            if not more:
+                break
+            data += more
+    head, _, body = data.partition(b"\r\n\r\n")
+    return head, body
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"GET /health HTTP/1.1\r\nhost: x\r\nno colon here\r\n\r\n",
+    b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
+    b"zz\r\n{}\r\n0\r\n\r\n",
+    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 not http at all\r\n\r\n",  # a TLS hello
+])
+def test_malformed_http_gets_an_openai_format_400(gw, request_bytes):
+    head, body = _raw_exchange(gw.port, request_bytes)
+    assert head.startswith(b"HTTP/1.1 400"), head
+    err = json.loads(body)["error"]
+    assert err["type"] == "invalid_request_error" and err["code"] == "invalid_http"
     assert httpx.get(gw.url + "/health", timeout=5).status_code == 200
