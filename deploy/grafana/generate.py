@@ -143,11 +143,11 @@ def gateway_overview() -> Dashboard:
             ),
             Panel(
                 "Server error ratio and retries",
-                "Share of requests ending in 5xx (recording rule, the LengthwiseHighErrorRate "
-                "alert fires above 5%) and attempts retried on another worker.",
+                "Share of requests failing on the serving side (recording rule; the "
+                "LengthwiseHighErrorRate alert fires above 5%) and attempts retried on another worker.",
                 (
                     Query("max by (instance) (lengthwise:request_error_ratio:rate5m)",
-                          "5xx ratio {{instance}}"),
+                          "failure ratio {{instance}}"),
                     Query(f"sum by (reason) (rate({counter('retries')}[{RATE}]))",
                           "retries/s {{reason}}"),
                 ),
