@@ -8,6 +8,8 @@ re-raises the signal on the way out, so the process never exits 0.
 1. the first SIGTERM (or SIGINT) puts the dispatcher in draining mode: new
    requests get 503 with ``Retry-After`` and ``/health`` answers 503, so load
    balancers move traffic away, while queued and in-flight requests go on;
+   Responses carry ``Connection: close`` from then on, so clients do not keep idle
+   connections that the final close would race with;
 2. once nothing is queued or in flight, or ``grace_s`` has passed, uvicorn's
    normal shutdown runs (close the listener, finish open responses, lifespan
    shutdown) and the process exits 0;
@@ -57,7 +59,14 @@ class DrainingServer(uvicorn.Server):
     async def on_tick(self, counter: int) -> bool:
         if self._drain_requested and not self.should_exit:
             self._advance_drain()
-        return await super().on_tick(counter)
+        should_exit = await super().on_tick(counter)
+        if self._drain_deadline is not None:
+            # Every response while draining closes its connection, so no client is left
+            # holding an idle keep-alive connection to send a request on as the server closes it.
+            headers = self.server_state.default_headers
+            if (b"connection", b"close") not in headers:
+                self.server_state.default_headers = [*headers, (b"connection", b"close")]
+        return should_exit
 
     def _advance_drain(self) -> None:
         gateway = getattr(self._app.state, "gateway", None)

@@ -9,7 +9,7 @@ import hmac
 import httpx
 import pytest
 
-from reliability_harness import assert_openai_error, chat_body
+from reliability_harness import assert_openai_error, chat_body, wait_until
 
 from server.auth import ApiKeyAuth
 
@@ -109,11 +109,16 @@ def test_per_key_rate_limits_in_requests_and_tokens(standins, gateways):
 
         # Tokens per minute, charged from vLLM's usage (1 prompt + 40 completion tokens each),
         # streaming or not: 3 requests spend 123 of 100 tokens, the 4th is refused.
+        served = 5
         for headers, stream in ((bravo, False), (charlie, True)):
             for _ in range(3):
                 resp = client.post("/v1/chat/completions",
                                    json=chat_body("LEN=40", stream=stream), headers=headers)
                 assert resp.status_code == 200, resp.text
+                # A stream is charged when the gateway finishes it, which may be just after
+                # the client has its last byte; its request-log record marks that moment.
+                served += 1
+                assert wait_until(lambda: len(gw.request_log()) >= served, 5.0)
             refused = client.post("/v1/chat/completions", json=chat_body("LEN=40", stream=stream),
                                   headers=headers)
             err = assert_openai_error(refused, 429)

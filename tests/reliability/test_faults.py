@@ -145,6 +145,8 @@ async def test_worker_killed_mid_run_loses_no_request_and_is_used_again(standins
         finished_after_kill_s = time.monotonic() - killed_at
 
     outcomes = Counter(outcome for outcome, _ in results)
+    # A stream's record is written as the gateway finishes it, just after its last byte.
+    await asyncio.to_thread(wait_until, lambda: len(gw.request_log()) >= total, 5.0)
     records = gw.request_log()
     retried_ok = sum(1 for r in records if r["attempts"] > 1 and r["status"] == "ok")
     print(f"\nRELIABILITY worker death: {dict(outcomes)}; retried on the survivor and ok: "
