@@ -28,11 +28,12 @@ from predictor.train import TrainParams, lightgbm_params
 
 def feature_sets(include_minilm: bool) -> list[FeatureConfig]:
     default = FeatureConfig()
+    with_chars = replace(default, ngram=NgramConfig(char_ngrams=True))
     sets = [
         FeatureConfig(ngrams=False),
-        replace(default, ngram_ridge=False),
-        replace(default, ngram=NgramConfig(char_ngrams=False)),
+        replace(with_chars, ngram_ridge=False),
         default,
+        with_chars,
     ]
     if include_minilm:
         sets.append(replace(default, minilm=True))

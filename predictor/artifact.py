@@ -38,7 +38,7 @@ from predictor.locations import cache_dir
 from predictor.train import TrainParams, train_length_model
 
 #: Bump when features, targets or training change, so cached artifacts are rebuilt.
-ARTIFACT_VERSION = "3"
+ARTIFACT_VERSION = "4"
 HOLDOUT_SALT = "lengthwise-eval-holdout"
 HOLDOUT_FRACTION = 0.2
 META_FILE = "meta.json"
@@ -97,6 +97,7 @@ def train_artifact(frame: pd.DataFrame, directory: Path | None = None, *, holdou
 
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; the artifact is for every local user
     try:
         result.model.save(staging)
         (staging / "baselines.json").write_text(json.dumps(Baselines.fit(cleaned).to_dict()))

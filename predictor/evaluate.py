@@ -109,4 +109,13 @@ def evaluate(predictor, frame: pd.DataFrame, baselines: Baselines,
         figures = rank_and_error(pred, frame, single)
         figures.pop("kendall_tau_by_model")
         report[f"baseline_{name}"] = figures
-    return report
+    return _json_safe(report)
+
+
+def _json_safe(value):
+    """NaN (an undefined tau, e.g. of a constant prediction) becomes null: strict JSON."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value

@@ -22,7 +22,9 @@ WORD_PATTERN = r"(?u)\b\w+\b|[^\w\s]"
 class NgramConfig:
     word_hash_bits: int = 18
     char_hash_bits: int = 18
-    char_ngrams: bool = True
+    #: off by default: character 3-5-grams cost about as much CPU as everything else in a
+    #: request together and bought little tau (reports/predictor_feature_ablation.json)
+    char_ngrams: bool = False
     #: character n-grams cost most per character: they read a shorter head and tail
     char_max_chars: int = 1500
     min_df: int = 2

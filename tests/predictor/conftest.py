@@ -16,8 +16,8 @@ from predictor.train import TrainParams
 # Small enough that fitting takes seconds; the shapes and code paths are the real ones.
 SMALL_FEATURES = FeatureConfig(ngram=NgramConfig(word_hash_bits=14, char_hash_bits=14,
                                                  svd_dims=8))
-SMALL_PARAMS = TrainParams(num_leaves=15, min_data_in_leaf=10, mean_rounds=60,
-                           quantile_rounds=40)
+SMALL_PARAMS = TrainParams(num_leaves=7, min_data_in_leaf=10, mean_rounds=30,
+                           quantile_rounds=20)
 
 
 @pytest.fixture(scope="session")

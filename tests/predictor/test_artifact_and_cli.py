@@ -39,6 +39,7 @@ def test_eval_command_writes_the_issue_figures(small_artifact, small_rows, tmp_p
     assert figures["rows"] > 0
     assert figures["rows_seen_in_training"] == 0  # the hold-out split really is held out
     assert 0.0 <= figures["p90_coverage"] <= 1.0
+    assert "NaN" not in out.read_text()  # strict JSON: undefined taus are null
 
 
 def test_predict_command_prints_json_and_rejects_bad_input(small_artifact):

@@ -56,3 +56,16 @@ def test_fast_ngram_transform_matches_the_sparse_formula(small_artifact, small_r
     reference = np.asarray(encoder._weighted(texts) @ encoder.projection)
     reference[:, encoder.svd_dims:] += encoder.ridge_intercept
     assert np.allclose(fast, reference, atol=1e-4)
+
+
+def test_fast_transform_matches_with_character_ngrams(small_rows):
+    from predictor.ngram_encoder import NgramConfig, NgramEncoder
+
+    texts = small_rows["prompt_text"].drop_duplicates().head(120).tolist()
+    targets = np.random.default_rng(0).normal(size=(len(texts), 2))
+    config = NgramConfig(word_hash_bits=12, char_hash_bits=12, char_ngrams=True, svd_dims=6)
+    encoder, _ = NgramEncoder.fit(texts, targets, 3, config)
+    probe = texts[:10] + ["x" * 5000, ""]
+    reference = np.asarray(encoder._weighted(probe) @ encoder.projection)
+    reference[:, encoder.svd_dims:] += encoder.ridge_intercept
+    assert np.allclose(encoder.transform(probe), reference, atol=1e-4)
