@@ -69,8 +69,9 @@ def eval_edt(
     json_path = output or reports_dir() / "edt_eval.json"
     png_path = None if no_plot else json_path.with_suffix(".png")
     with _worker(worker_url, model) as (url, served):
+        json_path.parent.mkdir(parents=True, exist_ok=True)
         report = evaluate(url, served, grid, per_category, samples, max_tokens, concurrency, seed,
-                          progress=typer.echo)
+                          progress=typer.echo, partial_path=json_path)
     write_report(report, json_path, png_path)
     typer.echo(f"best fixed: {report['best_fixed']}; best EDT: {report['best_edt']}; "
                f"Pareto front: {', '.join(report['pareto_front'])}")

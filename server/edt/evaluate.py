@@ -116,7 +116,9 @@ def evaluate(
     concurrency: int,
     seed: int,
     progress=print,
+    partial_path: Path | None = None,
 ) -> dict:
+    """Run the grid; if ``partial_path`` is set, the rows so far are saved after each setting."""
     tasks = dolly_tasks(per_category, seed=seed)
     rows = []
     for setting in grid:
@@ -142,6 +144,8 @@ def evaluate(
             f" (CV {scores.length_cv:.3f}, within-prompt {scores.within_prompt_length_cv:.3f})"
             f"  {elapsed:5.0f} s"
         )
+        if partial_path is not None:
+            partial_path.write_text(json.dumps({"partial": True, "settings": rows}, indent=2) + "\n")
     best_fixed = max((r for r in rows if r["kind"] == "fixed"), key=lambda r: r["tradeoff"])
     best_edt = max((r for r in rows if r["kind"] == "edt"), key=lambda r: r["tradeoff"])
     front = pareto_front(rows)
