@@ -34,6 +34,7 @@ from server.metrics import GatewayMetrics
 from server.policy import make_policy
 from server.rate_limit import RateLimiter
 from server.auth_guard import ApiKeyGuard, open_paths
+from server.online_learning import wrap_for_online_learning
 from server.request_log import RequestLog
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,8 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         length_predictor = predictor if predictor is not None else predictor_factory(cfg)
         metrics = GatewayMetrics(registry if registry is not None else CollectorRegistry())
+        length_predictor = wrap_for_online_learning(
+            length_predictor, cfg.online_learning, cfg.online_learning_settings, metrics.registry)
         pool = WorkerPool(unhealthy_after_failures=cfg.unhealthy_after_failures)
         dispatcher = Dispatcher(
             make_policy(cfg.policy_config), pool, cfg.admission_limits,

@@ -40,6 +40,7 @@ from server.proxy import (
     post_complete,
     wait_for_disconnect,
 )
+from server.online_learning import OnlineLearningPredictor, prompt_of_request
 from server.request_log import RequestLog, RequestRecord
 from server.schemas import ChatCompletionRequest, CompletionRequest
 
@@ -62,7 +63,8 @@ class _Ticket:
     cap: int | None
     arrival: float
     arrival_unix: float
-    prediction: LengthPrediction
+    #: ``None`` until the prediction is known (it may arrive after dispatch, see ``handle``)
+    prediction: LengthPrediction | None
     predicted_tokens: float
     queue_wait_s: float = 0.0
     attempts: int = 0
@@ -99,6 +101,9 @@ class CompletionService:
         self.request_log = request_log
         self.clock = clock
         self.policy_name = dispatcher.policy.name
+        # A typical request size, for the moment between an idle-path dispatch and its
+        # own prediction (moving average of recent predictions).
+        self._typical_tokens = 100.0
 
     # --- entry point --------------------------------------------------------------
 
@@ -120,19 +125,27 @@ class CompletionService:
         if parsed.model not in healthy_models:
             raise GatewayError(404, f"The model `{parsed.model}` does not exist.",
                                param="model", code="model_not_found")
-        try:
-            if self.cfg.predict_in_thread:
-                prediction, predicted = await asyncio.to_thread(self._predict, endpoint, parsed)
-            else:
-                prediction, predicted = self._predict(endpoint, parsed)
-        except PredictorInputError as exc:
-            raise bad_request(str(exc), code="invalid_value") from None
+        # With nothing queued and a free slot, the prediction cannot change where or when
+        # the request runs: dispatch first and predict while the worker starts, keeping the
+        # predictor off the critical path at low load. Otherwise the queue needs it first.
+        predict_later = self.cfg.predict_after_dispatch_when_idle and (
+            self.dispatcher.dispatchable_now())
+        predicting = asyncio.ensure_future(self._predict_async(endpoint, parsed))
+        if predict_later:
+            prediction, predicted = None, self._typical_tokens
+        else:
+            try:
+                prediction, predicted = await predicting
+            except PredictorInputError as exc:
+                raise bad_request(str(exc), code="invalid_value") from None
+            self.metrics.predicted_tokens.observe(predicted)
         ticket = _Ticket(
             request_id=f"lw-{uuid.uuid4().hex}", endpoint=endpoint, model=parsed.model,
             stream=parsed.stream, n=parsed.n, cap=parsed.length_cap(), arrival=arrival,
             arrival_unix=time.time(), prediction=prediction, predicted_tokens=predicted,
         )
-        self.metrics.predicted_tokens.observe(predicted)
+        if isinstance(self.predictor, OnlineLearningPredictor):
+            ticket.extra["learn_prompt"] = prompt_of_request(parsed)
         body, strip_usage = self._upstream_body(raw, parsed)
 
         work = asyncio.ensure_future(self._dispatch(ticket, body, strip_usage))
@@ -146,6 +159,7 @@ class CompletionService:
         if not work.done():
             work.cancel()
             await asyncio.gather(work, return_exceptions=True)
+            await self._settle_prediction(ticket, predicting, None)
             self._record(ticket, None, "client_disconnected", 499, None)
             return Response(status_code=400)
         gone.cancel()
@@ -153,8 +167,19 @@ class CompletionService:
         try:
             lease, outcome = work.result()
         except GatewayError as err:
+            await self._settle_prediction(ticket, predicting, None)
             self._record(ticket, None, err.code or "error", err.status, None)
             return err.response(ticket.headers())
+        if ticket.prediction is None:
+            try:
+                await self._settle_prediction(ticket, predicting, lease)
+            except PredictorInputError as exc:
+                if isinstance(outcome, OpenStream):
+                    await outcome.aclose()
+                self.dispatcher.release(lease)
+                err = bad_request(str(exc), code="invalid_value")
+                self._record(ticket, None, "invalid_value", 400, None)
+                return err.response()
         if isinstance(outcome, UpstreamReply):
             return self._finish_reply(ticket, lease, outcome)
         return self._stream_response(ticket, lease, outcome)
@@ -172,6 +197,33 @@ class CompletionService:
                     raise bad_request(
                         f"at most {self.cfg.max_prompts_per_request} prompts per request",
                         param="prompt", code="invalid_value")
+
+    async def _predict_async(
+        self, endpoint: str, parsed: ChatCompletionRequest | CompletionRequest
+    ) -> tuple[LengthPrediction, float]:
+        if self.cfg.predict_in_thread:
+            return await asyncio.to_thread(self._predict, endpoint, parsed)
+        return self._predict(endpoint, parsed)
+
+    async def _settle_prediction(
+        self, ticket: _Ticket, predicting: asyncio.Future, lease: Lease | None
+    ) -> None:
+        """Fill in a prediction that was left for after dispatch (no-op otherwise).
+
+        With a lease, the worker's load is repriced and ``PredictorInputError`` propagates;
+        without one (the request ended early) a failed prediction is simply left out."""
+        if ticket.prediction is not None:
+            return
+        try:
+            prediction, predicted = await predicting
+        except PredictorInputError:
+            if lease is not None:
+                raise
+            return
+        ticket.prediction, ticket.predicted_tokens = prediction, predicted
+        self.metrics.predicted_tokens.observe(predicted)
+        if lease is not None:
+            self.dispatcher.reprice(lease, predicted)
 
     def _predict(
         self, endpoint: str, parsed: ChatCompletionRequest | CompletionRequest
@@ -195,8 +247,9 @@ class CompletionService:
             mean=sum(p.mean for p in preds), p50=sum(p.p50 for p in preds),
             p90=sum(p.p90 for p in preds), model_known=all(p.model_known for p in preds),
         )
-        point = total.point(self.cfg.point_estimate.value) * parsed.n
-        return total, max(1.0, point)
+        point = max(1.0, total.point(self.cfg.point_estimate.value) * parsed.n)
+        self._typical_tokens += 0.05 * (point - self._typical_tokens)
+        return total, point
 
     def _upstream_body(
         self, raw: dict[str, Any], parsed: ChatCompletionRequest | CompletionRequest
@@ -363,7 +416,7 @@ class CompletionService:
                 self.metrics.prompt_tokens.inc(prompt_tokens)
             if completion_tokens is not None:
                 self.metrics.completion_tokens.inc(completion_tokens)
-                if completion_tokens > 0:
+                if completion_tokens > 0 and ticket.prediction is not None:
                     self.metrics.prediction_ratio.observe(
                         ticket.predicted_tokens / completion_tokens
                     )
@@ -378,14 +431,20 @@ class CompletionService:
             request_id=ticket.request_id, arrival_unix=ticket.arrival_unix,
             endpoint=ticket.endpoint, model=ticket.model, stream=ticket.stream, n=ticket.n,
             max_tokens=ticket.cap, policy=self.policy_name, status=status,
-            http_status=http_status, prompt_tokens=prompt_tokens, predicted_mean=pred.mean,
-            predicted_p50=pred.p50, predicted_p90=pred.p90,
-            predicted_tokens=ticket.predicted_tokens, completion_tokens=completion_tokens,
+            http_status=http_status, prompt_tokens=prompt_tokens,
+            predicted_mean=pred.mean if pred else None,
+            predicted_p50=pred.p50 if pred else None, predicted_p90=pred.p90 if pred else None,
+            predicted_tokens=ticket.predicted_tokens if pred else None,
+            completion_tokens=completion_tokens,
             finish_reasons=finish_reasons or [], worker=ticket.worker,
             attempts=ticket.attempts,
             queue_wait_s=ticket.queue_wait_s if ticket.attempts else None,
             ttft_s=ttft, e2e_s=e2e,
         ))
+        if (isinstance(self.predictor, OnlineLearningPredictor) and status == "ok"
+                and completion_tokens is not None and ticket.n >= 1):
+            self.predictor.observe(ticket.model, ticket.extra.get("learn_prompt"), pred.mean,
+                                   completion_tokens / ticket.n, ticket.cap)
 
 
 def _usage_of(body: bytes) -> tuple[dict[str, Any] | None, list[str | None]]:

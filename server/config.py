@@ -142,12 +142,33 @@ class GatewayConfig(BaseSettings):
     """On SIGTERM, time allowed for in-flight requests to finish."""
 
     # --- predictor -------------------------------------------------------------
+    predict_after_dispatch_when_idle: bool = True
+    """When nothing is queued and a worker has a free slot (and admission does not count
+    predicted tokens), dispatch at once and predict while the worker starts: the prediction
+    cannot change that request's placement, so it stays off the critical path."""
     predict_in_thread: bool = True
     """Run the length predictor in a worker thread, so a slow prediction (text features,
     embeddings) never blocks the event loop that relays other requests' tokens."""
     predictor_dir: Path | None = None
     """Folder of a trained length predictor; ``None`` uses the predictor package's default
     location (training it first if needed)."""
+
+    # --- online learning of the served models' lengths (server.online_learning) --
+    online_learning: bool = True
+    """Learn each served model's lengths from finished requests: a background refit of a
+    small calibrator on top of the predictor, hot-swapped when it beats the current one on
+    the newest requests. ``false`` serves the trained predictor unchanged."""
+    online_refit_every: int = Field(200, ge=10)
+    """Finished requests of one model between two background refits."""
+    online_min_observations: int = Field(200, ge=20)
+    """Finished requests of a model needed before its first refit."""
+    online_buffer_size: int = Field(4000, ge=50)
+    """Newest finished requests kept per model (ring buffer; bounds memory to about
+    ``online_buffer_size`` x 4 KB per model)."""
+    online_window: int = Field(500, ge=10)
+    """Requests in the rolling Kendall tau / error-ratio gauges."""
+    online_max_models: int = Field(8, ge=1)
+    """Served model names learned at most; requests for further names are not learned from."""
 
     @field_validator("workers", "api_keys", mode="before")
     @classmethod
@@ -177,6 +198,15 @@ class GatewayConfig(BaseSettings):
     @property
     def admission_limits(self) -> AdmissionLimits:
         return AdmissionLimits(self.max_sequences_per_worker, self.max_predicted_tokens_per_worker)
+
+    @property
+    def online_learning_settings(self):
+        from server.online_learning import OnlineLearningSettings
+
+        return OnlineLearningSettings(
+            refit_every=self.online_refit_every, min_observations=self.online_min_observations,
+            buffer_size=self.online_buffer_size, window=self.online_window,
+            max_models=self.online_max_models)
 
     @property
     def edt_default(self) -> dict[str, float] | None:

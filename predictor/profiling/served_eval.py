@@ -32,6 +32,8 @@ from predictor.profiling.report import load_profile, profile_cap
 from predictor.train import TrainParams, train_length_model
 
 SPLIT_SALT = "lengthwise-served-model-split"
+#: Fewer clean training prompts than this and the profile settings are not trained.
+MIN_TRAIN_PROMPTS = 20
 
 
 def clean_profile(frame: pd.DataFrame, cap: int) -> pd.DataFrame:
@@ -73,18 +75,26 @@ def evaluate_served_model(profile_dir: Path | str, castillo_source: Path | str |
 
     predictors: dict[str, tuple[CastilloLengthPredictor, float]] = {}
     started = time.perf_counter()
-    predictors["castillo_only"] = (
-        CastilloLengthPredictor.from_directory(ensure_trained(castillo_source)),
-        time.perf_counter() - started)
-    started = time.perf_counter()
-    fitted = train_length_model(train_clean, params=params)
-    predictors["profile_only"] = (CastilloLengthPredictor(fitted.model), time.perf_counter() - started)
-    started = time.perf_counter()
-    combined = pd.concat([castillo_clean, train_clean], ignore_index=True)
-    fitted = train_length_model(combined, params=params)
-    predictors["both"] = (CastilloLengthPredictor(fitted.model), time.perf_counter() - started)
+    if castillo_source is None:
+        # the default artifact was trained on exactly ``castillo_clean``'s rows
+        castillo_model = CastilloLengthPredictor.from_directory(ensure_trained())
+    else:  # never retrain the shared default artifact on another source
+        castillo_model = CastilloLengthPredictor(train_length_model(castillo_clean, params=params).model)
+    predictors["castillo_only"] = (castillo_model, time.perf_counter() - started)
+    settings: dict[str, dict] = {}
+    if len(train_clean) >= MIN_TRAIN_PROMPTS:
+        started = time.perf_counter()
+        fitted = train_length_model(train_clean, params=params)
+        predictors["profile_only"] = (CastilloLengthPredictor(fitted.model),
+                                      time.perf_counter() - started)
+        started = time.perf_counter()
+        combined = pd.concat([castillo_clean, train_clean], ignore_index=True)
+        fitted = train_length_model(combined, params=params)
+        predictors["both"] = (CastilloLengthPredictor(fitted.model), time.perf_counter() - started)
+    else:
+        reason = f"{len(train_clean)} clean training prompts in the profile, fewer than {MIN_TRAIN_PROMPTS}"
+        settings = {"profile_only": {"skipped": reason}, "both": {"skipped": reason}}
 
-    settings = {}
     for name, (predictor, seconds) in predictors.items():
         settings[name] = {
             "held_out_clean": _scores(predictor, test_clean, model, cap),
