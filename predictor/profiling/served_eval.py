@@ -16,7 +16,9 @@ profile's scaled to its cap, see :mod:`predictor.profiling.degeneration`).
 
 from __future__ import annotations
 
+import math
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +36,11 @@ from predictor.train import TrainParams, train_length_model
 SPLIT_SALT = "lengthwise-served-model-split"
 #: Fewer clean training prompts than this and the profile settings are not trained.
 MIN_TRAIN_PROMPTS = 20
+
+
+def profile_params(params: TrainParams, rows: int) -> TrainParams:
+    """A profile is small next to CASTILLO: leaves scale down with it."""
+    return replace(params, min_data_in_leaf=max(5, min(params.min_data_in_leaf, rows // 10)))
 
 
 def clean_profile(frame: pd.DataFrame, cap: int) -> pd.DataFrame:
@@ -55,7 +62,8 @@ def _scores(predictor: CastilloLengthPredictor, frame: pd.DataFrame, model: str,
     p90 = np.array([p.p90 for p in predictions])
     samples = np.vstack([np.resize(np.asarray(s, float), 10) for s in frame["output_sizes"]])
     figures["p90_coverage"] = float(np.mean(samples <= p90[:, None]))
-    return figures
+    # a constant prediction has no rank: JSON null, not NaN
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in figures.items()}
 
 
 def evaluate_served_model(profile_dir: Path | str, castillo_source: Path | str | None = None,
@@ -84,7 +92,7 @@ def evaluate_served_model(profile_dir: Path | str, castillo_source: Path | str |
     settings: dict[str, dict] = {}
     if len(train_clean) >= MIN_TRAIN_PROMPTS:
         started = time.perf_counter()
-        fitted = train_length_model(train_clean, params=params)
+        fitted = train_length_model(train_clean, params=profile_params(params, len(train_clean)))
         predictors["profile_only"] = (CastilloLengthPredictor(fitted.model),
                                       time.perf_counter() - started)
         started = time.perf_counter()
