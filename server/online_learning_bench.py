@@ -68,8 +68,8 @@ def replay(profile_dir: Path, requests: int = 1000, window: int = 200, seed: int
     from predictor.api import CastilloLengthPredictor, load_default_predictor
     from predictor.loader import grouped_split
     from predictor.profiling.report import load_profile, profile_cap
-    from predictor.profiling.served_eval import clean_profile
-    from predictor.train import train_length_model
+    from predictor.profiling.served_eval import clean_profile, profile_params
+    from predictor.train import TrainParams, train_length_model
     from server.online_learning import OnlineLearningPredictor, OnlineLearningSettings
 
     profile = load_profile(profile_dir)
@@ -77,7 +77,9 @@ def replay(profile_dir: Path, requests: int = 1000, window: int = 200, seed: int
     model = str(profile["model"].iloc[0])
     train_part, stream_part = grouped_split(profile, 0.5, BENCH_SALT)
     base = load_default_predictor(castillo_source)
-    offline = CastilloLengthPredictor(train_length_model(clean_profile(train_part, cap)).model)
+    offline_rows = clean_profile(train_part, cap)
+    offline = CastilloLengthPredictor(train_length_model(
+        offline_rows, params=profile_params(TrainParams(), len(offline_rows))).model)
     learner = OnlineLearningPredictor(base, OnlineLearningSettings(
         refit_every=refit_every, min_observations=min(refit_every, 200), window=window, nice=0))
     stream = build_stream(stream_part, requests, seed)
@@ -115,7 +117,8 @@ def replay(profile_dir: Path, requests: int = 1000, window: int = 200, seed: int
     return {
         "mode": "replay", "served_model": model, "max_tokens": cap, "requests": len(stream),
         "window": window, "refit_every": refit_every, "seed": seed,
-        "stream_prompts": len(stream_part), "offline_training_prompts": len(train_part),
+        "stream_prompts": len(stream_part),
+        "stream_repeats_prompts": len(stream) > len(stream_part), "offline_training_prompts": len(train_part),
         "cold_start_window": first, "checkpoints": checkpoints,
         "learner": learner.status(model),
         "refit_seconds_mean": float(np.mean(refit_seconds)) if refit_seconds else None,
