@@ -92,6 +92,11 @@ class WorkerPool:
         w.in_flight_sequences += 1
         w.in_flight_predicted_tokens += predicted_tokens
 
+    def adjust(self, url: str, predicted_tokens_delta: float) -> None:
+        w = self.workers.get(url)
+        if w is not None and w.in_flight_sequences > 0:
+            w.in_flight_predicted_tokens += predicted_tokens_delta
+
     def release(self, url: str, predicted_tokens: float) -> None:
         w = self.workers.get(url)
         if w is None:

@@ -41,13 +41,16 @@ class Draining(Exception):
     """The gateway is shutting down and accepts no new requests."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Lease:
     worker_url: str
     request: QueuedRequest
     #: the rank passed to vLLM as ``priority``
     engine_priority: int
     queue_wait_s: float
+    #: what this request adds to the worker's predicted outstanding work; starts as the
+    #: request's prediction and changes only through :meth:`Dispatcher.reprice`
+    predicted_tokens: float = 0.0
 
 
 @dataclass(slots=True)
@@ -127,7 +130,7 @@ class Dispatcher:
             self._idle.set()
         if service_time_s:
             self._service_time_ewma_s += 0.1 * (service_time_s - self._service_time_ewma_s)
-        self.pool.release(lease.worker_url, lease.request.predicted_tokens)  # pumps
+        self.pool.release(lease.worker_url, lease.predicted_tokens)  # pumps
 
     def pump(self) -> None:
         """Dispatch queued requests while the head of the queue fits on a worker."""
@@ -155,7 +158,24 @@ class Dispatcher:
             assert key is not None
             priority = engine_priority(key, self._priority_epoch)
             now = self.clock()
-            waiter.future.set_result(Lease(worker, head, priority, now - waiter.enqueued_at))
+            waiter.future.set_result(
+                Lease(worker, head, priority, now - waiter.enqueued_at, head.predicted_tokens)
+            )
+
+    def dispatchable_now(self) -> bool:
+        """True when a request arriving now is dispatched at once whatever its size: nothing
+        is queued, admission does not count predicted tokens, and a worker has a free slot.
+        Its prediction then decides nothing (there is no order to choose), so the caller
+        may dispatch first and predict while the worker starts (see ``reprice``)."""
+        if self.draining or len(self.queue) or self.limits.max_predicted_tokens is not None:
+            return False
+        probe = QueuedRequest("", 0.0, 1.0)
+        return pick_worker(self.pool.loads(), probe, self.limits) is not None
+
+    def reprice(self, lease: Lease, predicted_tokens: float) -> None:
+        """Replace a lease's provisional size by the real prediction in the worker's load."""
+        self.pool.adjust(lease.worker_url, predicted_tokens - lease.predicted_tokens)
+        lease.predicted_tokens = predicted_tokens
 
     def retry_after_s(self) -> int:
         """A rough wait until a queued slot frees: backlog per slot times service time."""

@@ -275,7 +275,8 @@ async def test_queued_requests_dispatch_in_policy_order(standin_factory, gateway
         "Name one color.",
     ]
     async with httpx.AsyncClient(timeout=60) as client:
-        blocker = asyncio.ensure_future(client.post(gw.url + CHAT, json=chat_body(text="LEN=80")))
+        blocker = asyncio.ensure_future(
+            client.post(gw.url + CHAT, json=chat_body(text="LEN=400")))
         assert await asyncio.to_thread(wait_until, lambda: worker.state()["running"] == 1)
         tasks = []
         for i, text in enumerate(texts):

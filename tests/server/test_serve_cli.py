@@ -30,7 +30,7 @@ def test_serve_fronts_a_worker_and_drains_on_sigterm(standin_factory, tmp_path):
             except httpx.HTTPError:
                 return False
 
-        assert wait_until(up, 120, 0.3), proc.stdout.read1().decode() if proc.stdout else ""
+        assert wait_until(up, 300, 0.3), proc.stdout.read1().decode() if proc.stdout else ""
         body = {"model": "standin", "messages": [{"role": "user", "content": "LEN=100"}]}
         result: dict = {}
 
