@@ -42,9 +42,14 @@ _ENTROPY_TINY = 1e-30
 
 
 def entropy_nats(logits: torch.Tensor) -> torch.Tensor:
-    """Row-wise Shannon entropy (nats) of softmax(logits); -inf entries count as p = 0."""
+    """Row-wise Shannon entropy (nats) of softmax(logits); -inf entries count as p = 0.
+
+    H = logsumexp(z) - sum(p * z): no per-element log, unlike sum(-p log p).
+    -inf is clamped to the dtype's lowest finite value so that 0 * z stays 0.
+    """
     probs = torch.softmax(logits, dim=-1)
-    return torch.special.entr(probs).sum(dim=-1)
+    finite = logits.clamp(min=torch.finfo(logits.dtype).min)
+    return torch.logsumexp(logits, dim=-1) - torch.linalg.vecdot(probs, finite)
 
 
 def log_multiplier(entropy: torch.Tensor, coefficient: torch.Tensor) -> torch.Tensor:
@@ -56,15 +61,24 @@ def is_below_floor(log_mult: torch.Tensor) -> torch.Tensor:
     return log_mult >= MAX_LOG_MULTIPLIER
 
 
-def apply_edt_(scores: torch.Tensor, entropy: torch.Tensor, coefficient: torch.Tensor) -> torch.Tensor:
+def apply_edt_(
+    scores: torch.Tensor,
+    entropy: torch.Tensor,
+    coefficient: torch.Tensor,
+    host_check: bool = False,
+) -> torch.Tensor:
     """Scale each row of ``scores`` in place by T0 / T; rows past the floor become greedy.
 
     Rows with coefficient 0 are multiplied by exactly 1.0 and never masked, so
-    they stay bit-for-bit unchanged.
+    they stay bit-for-bit unchanged. ``host_check`` skips the greedy masking when
+    no row needs it; that reads a flag back to the host, free on CPU tensors but
+    a device sync on GPU, so the GPU runner leaves it off.
     """
     log_mult = log_multiplier(entropy, coefficient)
     greedy = is_below_floor(log_mult)
     scores.mul_(torch.exp(log_mult.clamp(max=MAX_LOG_MULTIPLIER)).unsqueeze(1))
+    if host_check and not bool(greedy.any()):
+        return scores
     top = scores.argmax(dim=1, keepdim=True)
     drop = torch.ones_like(scores, dtype=torch.bool).scatter_(1, top, False)
     return scores.masked_fill_(drop & greedy.unsqueeze(1), float("-inf"))

@@ -106,5 +106,7 @@ class EntropyDynamicTemperatureLogitsProcessor(LogitsProcessor):
             return logits
         scaled = logits.index_select(0, self._rows)  # z / T0 for the EDT rows
         entropy = entropy_nats(scaled * self._row_t0.unsqueeze(1))
-        logits.index_copy_(0, self._rows, apply_edt_(scaled, entropy, self._row_coefficient))
+        logits.index_copy_(0, self._rows, apply_edt_(
+            scaled, entropy, self._row_coefficient, host_check=scaled.device.type == "cpu"
+        ))
         return logits
