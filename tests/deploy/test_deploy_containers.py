@@ -304,14 +304,19 @@ def test_cpu_worker_image_serves_the_local_model(repo_root):
 def test_gateway_image_bakes_the_predictor_where_the_gateway_loads_it(repo_root, deploy_dir):
     from predictor.artifact import default_artifact_dir
 
-    gateway = _stages(repo_root)["gateway"]
+    stages = _stages(repo_root)
+    gateway = stages["gateway"]
     env_text = " ".join(i["value"] for i in gateway if i["instruction"] == "ENV")
     predictor_dir = re.search(r"LENGTHWISE_PREDICTOR_DIR=(\S+)", env_text).group(1)
     copies = [i["value"].split() for i in gateway if i["instruction"] == "COPY"
-              and "--from=predictor" in i["value"]]
+              and "--from=predictor-artifact" in i["value"]]
     assert len(copies) == 1 and copies[0][-1].rstrip("/") == predictor_dir
+    # The picking stage asks the installed code which artifact version it loads.
+    pick = " ".join(i["value"] for i in stages["predictor-artifact"])
+    assert "--from=predictor /" in pick and "default_artifact_dir().name" in pick
     # The Compose build context defaults to the folder `lengthwise predictor train`
-    # fills (versioned: v<N>); inside the image the folder name is fixed.
+    # writes its versioned artifacts into.
     build = _compose(deploy_dir)["services"]["gateway"]["build"]
     context = _interpolate(build["additional_contexts"]["predictor"])
-    assert (deploy_dir / "compose" / context).resolve() == repo_root / ".cache" / "predictor" / default_artifact_dir().name
+    assert (deploy_dir / "compose" / context).resolve() == repo_root / ".cache" / "predictor"
+    assert default_artifact_dir().parent.name == "predictor"
