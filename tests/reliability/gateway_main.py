@@ -14,11 +14,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from oracle_predictor import OraclePredictor  # noqa: E402
+from oracle_predictor import OraclePredictor
 
-from server.app import create_app  # noqa: E402
-from server.config import load_config  # noqa: E402
-from server.shutdown import serve_app  # noqa: E402
+from server.app import create_app
+from server.config import load_config
+from server.shutdown import serve_app
 
 
 def main() -> None:

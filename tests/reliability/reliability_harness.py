@@ -110,7 +110,7 @@ class Gateway:
 
     def start(self, wait_healthy: bool = True) -> Gateway:
         self.config_path.write_text(json.dumps(self.config))
-        self._log = open(self.log_path, "ab")
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 (the child writes to it until stop())
         self.proc = subprocess.Popen(
             [sys.executable, str(GATEWAY_MAIN), str(self.config_path)],
             stdout=self._log, stderr=subprocess.STDOUT, env=_env(), cwd=REPO,

@@ -8,10 +8,10 @@ import hmac
 
 import httpx
 import pytest
-
 from reliability_harness import assert_openai_error, chat_body, wait_until
 
 from server.auth import ApiKeyAuth
+from server.errors import GatewayError
 
 KEYS = ["sk-alpha-0123456789", "sk-bravo-9876543210"]
 BAD_HEADERS = [
@@ -83,7 +83,7 @@ def test_keys_are_compared_in_constant_time(monkeypatch):
         if ok:
             assert auth.check(f"Bearer {presented}") == presented
         else:
-            with pytest.raises(Exception):
+            with pytest.raises(GatewayError):
                 auth.check(f"Bearer {presented}")
         assert len(calls) == 3, (presented, calls)
         assert {c[0] for c in calls} == {presented.encode()}
@@ -118,7 +118,7 @@ def test_per_key_rate_limits_in_requests_and_tokens(standins, gateways):
                 # A stream is charged when the gateway finishes it, which may be just after
                 # the client has its last byte; its request-log record marks that moment.
                 served += 1
-                assert wait_until(lambda: len(gw.request_log()) >= served, 5.0)
+                assert wait_until(lambda n=served: len(gw.request_log()) >= n, 5.0)
             refused = client.post("/v1/chat/completions", json=chat_body("LEN=40", stream=stream),
                                   headers=headers)
             err = assert_openai_error(refused, 429)

@@ -19,9 +19,8 @@ import requests
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
-from schemathesis import GenerationMode
-
 from reliability_harness import MODEL, Gateway, Standin, sse_payloads
+from schemathesis import GenerationMode
 
 EXAMPLES = int(os.environ.get("LENGTHWISE_FUZZ_EXAMPLES", "500"))
 SEED = int(os.environ.get("LENGTHWISE_FUZZ_SEED", "20261121"))

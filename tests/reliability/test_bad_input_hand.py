@@ -13,7 +13,6 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-
 from reliability_harness import MODEL, Gateway, Standin, assert_openai_error, chat_body
 
 CHAT = "/v1/chat/completions"
@@ -101,14 +100,12 @@ def test_invalid_utf8_gets_400(gw, raw):
 def test_lone_surrogate_escapes_and_nan_get_400(gw):
     paired = b'{"model": "standin", "messages": [{"role": "user", "content": "\\ud83d\\ude00"}]}'
     assert post_raw(gw, paired).status_code == 200
+    start = b'{"model": "standin", "messages": [{"role": "user", "content": "x"}], '
     for raw in (b'{"model": "standin", "messages": [{"role": "user", "content": "\\ud800 x"}]}',
-                b'{"model": "standin", "messages": [{"role": "user", "content": "x"}], '
-                b'"user": "\\udfff"}',
-                b'{"model": "standin", "messages": [{"role": "user", "content": "x"}], '
-                b'"unknown_field": NaN}',b'{"model": "standin", "messages": [{"role": "user", "content": "x"}], '
-                b'"temperature": NaN}',
-                b'{"model": "standin", "messages": [{"role": "user", "content": "x"}], '
-                b'"max_tokens": Infinity}'):
+                start + b'"user": "\\udfff"}',
+                start + b'"unknown_field": NaN}',
+                start + b'"temperature": NaN}',
+                start + b'"max_tokens": Infinity}'):
         assert_openai_error(post_raw(gw, raw), 400)
 
 
@@ -165,7 +162,7 @@ def _slow_body_client(port: int, declared: int, sent_every_s: float) -> tuple[in
     if not data.startswith(b"HTTP/1.1 "):
         return None, elapsed
     status = int(data.split(b" ")[1])
-    head, _, rest = data.partition(b"\r\n\r\n")
+    _, _, rest = data.partition(b"\r\n\r\n")
     if status == 400:
         assert b'"type": "invalid_request_error"' in rest or b"body_timeout" in rest or not rest
     return status, elapsed
@@ -201,7 +198,8 @@ async def test_slowloris_clients_are_cut_off_and_do_not_starve_others(gw):
         # Cut off with a 400 once the body deadline passes, well before the body would end.
         assert status == 400, results
         assert BODY_TIMEOUT_S - 0.5 <= elapsed <= BODY_TIMEOUT_S + 8, results
-    assert httpx.get(gw.url + "/health", timeout=5).status_code == 200
+    async with httpx.AsyncClient(timeout=5) as client:
+        assert (await client.get(gw.url + "/health")).status_code == 200
 
 
 def _read_all(sock: socket.socket) -> bytes:
@@ -253,8 +251,8 @@ def _raw_exchange(port: int, request: bytes) -> tuple[bytes, bytes]:
 
 @pytest.mark.parametrize("request_bytes", [
     b"GET /health HTTP/1.1\r\nhost: x\r\nno colon here\r\n\r\n",
-    b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
-    b"zz\r\n{}\r\n0\r\n\r\n",
+    (b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
+     b"zz\r\n{}\r\n0\r\n\r\n"),
     b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 not http at all\r\n\r\n",  # a TLS hello
 ])
 def test_malformed_http_gets_an_openai_format_400(gw, request_bytes):

@@ -11,7 +11,6 @@ import time
 from collections import Counter
 
 import httpx
-
 from reliability_harness import chat_body, sse_payloads, wait_until
 
 CHAT = "/v1/chat/completions"
@@ -35,7 +34,7 @@ async def test_fifty_streaming_clients_disconnecting_abort_every_upstream_reques
     client = httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=None,
                                                                max_keepalive_connections=0))
 
-    async def client_leaves(kind: str, when: float | int) -> None:
+    async def client_leaves(kind: str, when: float) -> None:
         body = chat_body("LEN=400", stream=True, stream_options={"include_usage": True})
         if kind == "queued_or_headers":
             try:

@@ -14,7 +14,6 @@ import time
 from collections import Counter
 
 import httpx
-
 from reliability_harness import assert_openai_error, chat_body
 
 from server.config import GatewayConfig
@@ -149,8 +148,8 @@ async def test_long_request_finishes_within_the_aging_bound_under_a_stream_of_sh
     worker = standins(token_delay_s=0.02)
     aging = 0.01  # seconds per predicted token
     queue_capacity = 16
-    common = dict(max_sequences_per_worker=1, queue_capacity=queue_capacity,
-                  aging_s_per_token=aging)
+    common = {"max_sequences_per_worker": 1, "queue_capacity": queue_capacity,
+              "aging_s_per_token": aging}
     aged = gateways([worker.url], policy="sjf-aged", **common)
     result = await _starve(aged, long_len=100, short_clients=6, observe_s=20.0)
 

@@ -5,13 +5,11 @@ load loses no accepted request."""
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections import Counter
 
 import httpx
-
-from reliability_harness import Gateway, assert_openai_error, chat_body, sse_payloads, wait_until
+from reliability_harness import assert_openai_error, chat_body, sse_payloads, wait_until
 
 CHAT = "/v1/chat/completions"
 
@@ -70,7 +68,7 @@ async def test_sigterm_drains_in_flight_requests_refuses_new_ones_and_exits_zero
 async def test_rolling_restart_of_two_gateways_loses_no_accepted_request(standins, gateways):
     workers = [standins(token_delay_s=0.01), standins(token_delay_s=0.01)]
     urls = [w.url for w in workers]
-    settings = dict(max_sequences_per_worker=8, shutdown_grace_s=20.0)
+    settings = {"max_sequences_per_worker": 8, "shutdown_grace_s": 20.0}
     pool = [gateways(urls, **settings), gateways(urls, **settings)]
     tally: Counter = Counter()
     stop = asyncio.Event()
@@ -110,7 +108,7 @@ async def test_rolling_restart_of_two_gateways_loses_no_accepted_request(standin
             assert code == 0, old.log_tail()
             # The replacement comes up on the same address (as a pod would behind its service).
             pool[k] = await asyncio.to_thread(
-                lambda: gateways(urls, port=old.port, **settings))
+                lambda port=old.port: gateways(urls, port=port, **settings))
             await asyncio.sleep(1.0)
         stop.set()
         await asyncio.gather(*loops)
