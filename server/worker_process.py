@@ -103,7 +103,8 @@ class WorkerConfig:
             str(self.max_num_seqs),
             "--scheduling-policy",
             self.scheduling_policy,
-            "--disable-log-stats",
+            # No --disable-log-stats: in vLLM 0.32 it also turns off every
+            # vllm:* Prometheus metric, which the gateway re-exports (KV cache).
         ]
         if self.enforce_eager:
             cmd.append("--enforce-eager")
