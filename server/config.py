@@ -110,6 +110,10 @@ class GatewayConfig(BaseSettings):
     header_timeout_s: float = Field(30.0, gt=0)
     """A connection that has not sent a complete request head this long after connecting
     (or after its request began) gets 400 and is closed (slowloris)."""
+    keep_alive_s: float = Field(75.0, gt=0)
+    """How long an idle keep-alive connection stays open. Longer than clients' own idle
+    expiry (httpx and the openai client: 5 s; load balancers: often 60 s), so the client
+    always closes first and never sends a request on a connection the gateway is closing."""
     max_n: int = Field(16, ge=1)
     """Largest ``n`` (choices per request) accepted."""
     max_prompts_per_request: int = Field(64, ge=1)

@@ -92,6 +92,7 @@ def serve_app(app: FastAPI, cfg: GatewayConfig, *, log_level: str = "info") -> N
     config = uvicorn.Config(
         app, host=cfg.host, port=cfg.port, log_level=log_level, access_log=False,
         lifespan="on", http=protocol_class(cfg.max_header_bytes, cfg.header_timeout_s),
+        timeout_keep_alive=int(max(1, cfg.keep_alive_s)),
         # After the drain only idle or finishing connections remain; give them a moment.
         timeout_graceful_shutdown=max(1, int(cfg.shutdown_grace_s)),
     )
