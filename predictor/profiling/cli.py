@@ -47,12 +47,19 @@ def profile(
     figures = {
         "prompts_total": result.prompts_total, "prompts_already_done": result.prompts_already_done,
         "prompts_finished": result.prompts_finished, "prompts_skipped": result.prompts_skipped,
-        "prompts_failed": result.prompts_failed, "completion_tokens": result.completion_tokens,
+        "prompts_failed": result.prompts_failed, "samples_finished": result.samples_finished,
+        "completion_tokens": result.completion_tokens,
         "seconds": round(result.seconds, 1), "tokens_per_second": round(result.tokens_per_second, 1),
         "seconds_per_prompt": round(result.seconds_per_prompt, 2),
         "samples": samples, "concurrency": concurrency, "max_tokens": max_tokens,
         "eta_seconds_for_1000_prompts": round(result.seconds_per_prompt * 1000, 0),
     }
+    if result.samples_finished and result.tokens_per_second > 0:
+        # by tokens: meaningful before the first prompt's last sample is in
+        per_sample = result.completion_tokens / result.samples_finished
+        figures["mean_tokens_per_sample"] = round(per_sample, 1)
+        figures["eta_seconds_for_1000_prompts_by_tokens"] = round(
+            1000 * samples * per_sample / result.tokens_per_second, 0)
     typer.echo(json.dumps(figures, indent=2))
     if summary_json:
         summary_json.parent.mkdir(parents=True, exist_ok=True)

@@ -3,8 +3,11 @@
 Layout of the output folder:
 - ``run.json``: target, model and decoding settings (a resumed run must match them);
 - ``rows.jsonl``: one CASTILLO-schema row per finished prompt;
-- ``skipped.jsonl``: prompts the endpoint refused (e.g. too long for the context).
-A restart reads both JSONL files and sends only the prompts in neither.
+- ``skipped.jsonl``: prompts the endpoint refused (e.g. too long for the context);
+- ``samples.jsonl``: every finished completion, as it finishes.
+A restart reads them, sends only the prompts in neither ``rows`` nor ``skipped``, and
+reuses the finished completions of a prompt that was cut short: an interrupt loses
+only the completions in flight.
 """
 
 from __future__ import annotations
@@ -19,10 +22,11 @@ from pathlib import Path
 
 from predictor.profiling.client import CompletionClient, EndpointUnavailable, PromptRejected
 from predictor.profiling.prompt_files import ProfilePrompt
-from predictor.profiling.rows import DecodingSettings, castillo_row
+from predictor.profiling.rows import Completion, DecodingSettings, castillo_row
 
 ROWS_FILE = "rows.jsonl"
 SKIPPED_FILE = "skipped.jsonl"
+SAMPLES_FILE = "samples.jsonl"
 RUN_FILE = "run.json"
 
 
@@ -52,6 +56,7 @@ class RunSummary:
     prompts_failed: int
     completion_tokens: int
     seconds: float
+    samples_finished: int = 0
 
     @property
     def tokens_per_second(self) -> float:
@@ -107,6 +112,17 @@ def done_prompt_ids(output: Path) -> set[str]:
     return {r["prompt_id"] for name in (ROWS_FILE, SKIPPED_FILE) for r in read_jsonl(output / name)}
 
 
+def finished_samples(output: Path, pending: set[str]) -> dict[str, list[Completion]]:
+    """Completions already generated for prompts that have no row yet."""
+    out: dict[str, list[Completion]] = {}
+    for record in read_jsonl(output / SAMPLES_FILE):
+        if record.get("prompt_id") in pending:
+            out.setdefault(record["prompt_id"], []).append(Completion(
+                record["text"], int(record["tokens"]), record["finish_reason"],
+                int(record["prompt_tokens"]), float(record["seconds"])))
+    return out
+
+
 def check_run_file(output: Path, config: RunConfig) -> None:
     path = output / RUN_FILE
     identity = config.identity()
@@ -128,7 +144,9 @@ async def profile_prompts(prompts: list[ProfilePrompt], config: RunConfig, outpu
     done = done_prompt_ids(output)
     todo = [p for p in prompts if p.prompt_id not in done]
     summary = RunSummary(len(prompts), len(prompts) - len(todo), 0, 0, 0, 0, 0.0)
+    earlier = finished_samples(output, {p.prompt_id for p in todo})
     rows = JsonlAppender(output / ROWS_FILE)
+    sample_log = JsonlAppender(output / SAMPLES_FILE)
     skipped = JsonlAppender(output / SKIPPED_FILE)
     client = CompletionClient(config.target, config.model, config.settings)
     requests = asyncio.Semaphore(config.concurrency)
@@ -139,9 +157,20 @@ async def profile_prompts(prompts: list[ProfilePrompt], config: RunConfig, outpu
                desc=f"profile {config.model}")
     started = time.perf_counter()
 
-    async def one_sample(text: str):
+    async def one_sample(prompt: ProfilePrompt) -> Completion:
         async with requests:
-            return await client.complete(text)
+            completion = await client.complete(prompt.text)
+        sample_log.write({"prompt_id": prompt.prompt_id, "text": completion.text,
+                          "tokens": completion.tokens, "finish_reason": completion.finish_reason,
+                          "prompt_tokens": completion.prompt_tokens,
+                          "seconds": completion.seconds, "unix": time.time()})
+        summary.samples_finished += 1
+        summary.completion_tokens += completion.tokens
+        elapsed = time.perf_counter() - started
+        bar.set_postfix(samples=summary.samples_finished,
+                        tok_s=f"{summary.completion_tokens / max(elapsed, 1e-9):.1f}",
+                        skipped=summary.prompts_skipped, failed=summary.prompts_failed)
+        return completion
 
     async def prompt_worker() -> None:
         while True:
@@ -149,10 +178,10 @@ async def profile_prompts(prompts: list[ProfilePrompt], config: RunConfig, outpu
                 prompt = queue.get_nowait()
             except asyncio.QueueEmpty:
                 return
-            began = time.perf_counter()
+            reused = earlier.pop(prompt.prompt_id, [])[: config.samples]
             try:
-                completions = await asyncio.gather(
-                    *(one_sample(prompt.text) for _ in range(config.samples)))
+                completions = reused + list(await asyncio.gather(
+                    *(one_sample(prompt) for _ in range(config.samples - len(reused)))))
             except PromptRejected as exc:
                 skipped.write({"prompt_id": prompt.prompt_id, "dataset": prompt.dataset,
                                "reason": str(exc)})
@@ -160,13 +189,10 @@ async def profile_prompts(prompts: list[ProfilePrompt], config: RunConfig, outpu
             except EndpointUnavailable:
                 summary.prompts_failed += 1  # not written: a restart retries it
             else:
-                rows.write(castillo_row(prompt, config.model, config.settings, list(completions),
-                                        time.perf_counter() - began))
+                # samples run in parallel: the prompt's generation time is its slowest one
+                rows.write(castillo_row(prompt, config.model, config.settings, completions,
+                                        max(c.seconds for c in completions)))
                 summary.prompts_finished += 1
-                summary.completion_tokens += sum(c.tokens for c in completions)
-            elapsed = time.perf_counter() - started
-            bar.set_postfix(tok_s=f"{summary.completion_tokens / max(elapsed, 1e-9):.0f}",
-                            skipped=summary.prompts_skipped, failed=summary.prompts_failed)
             bar.update(1)
 
     # enough prompts in flight to fill ``concurrency`` requests, plus one so the
@@ -179,5 +205,6 @@ async def profile_prompts(prompts: list[ProfilePrompt], config: RunConfig, outpu
         bar.close()
         rows.close()
         skipped.close()
+        sample_log.close()
         await client.close()
     return summary

@@ -148,6 +148,9 @@ def test_interrupted_run_keeps_every_finished_row(standin, tmp_path):
     rows = [json.loads(line) for line in rows_file.read_text().splitlines()]
     assert len(rows) == 12 and len({r["prompt_id"] for r in rows}) == 12
     assert rows[: len(kept)] == kept
+    # completions finished before the kill were reused, not generated again
+    # (up to one in-flight completion per request slot may finish as the client dies)
+    assert httpx.get(url + "/control", timeout=5).json()["completed"] <= 12 * 4 + 4
 
 
 def test_a_prompt_the_endpoint_refuses_is_skipped_not_retried(standin, tmp_path):
