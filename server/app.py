@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from predictor.types import LengthPredictor
 from server.api import router
 from server.auth import ApiKeyAuth
+from server.auth_guard import ApiKeyGuard, open_paths
 from server.backends import (
     CombinedDiscovery,
     Discovery,
@@ -31,10 +32,9 @@ from server.dispatcher import Dispatcher
 from server.engine_stats import EngineStats, EngineStatsPoller
 from server.errors import install_error_handlers
 from server.metrics import GatewayMetrics
+from server.online_learning import wrap_for_online_learning
 from server.policy import make_policy
 from server.rate_limit import RateLimiter
-from server.auth_guard import ApiKeyGuard, open_paths
-from server.online_learning import wrap_for_online_learning
 from server.request_log import RequestLog
 
 log = logging.getLogger(__name__)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
 
 import typer
 
@@ -12,7 +12,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False)
 
 
 @contextmanager
-def _worker(url: Optional[str], model: Optional[str]) -> Iterator[tuple[str, str]]:
+def _worker(url: str | None, model: str | None) -> Iterator[tuple[str, str]]:
     """An existing worker (``--worker``), or a fresh local one started for the run."""
     if url:
         import httpx
@@ -35,10 +35,10 @@ def _worker(url: Optional[str], model: Optional[str]) -> Iterator[tuple[str, str
 
 @app.command()
 def live(
-    worker: Optional[str] = typer.Option(
+    worker: str | None = typer.Option(
         None, help="A running vLLM worker (with --scheduling-policy priority); default: "
         "start a local one."),
-    model: Optional[str] = typer.Option(None, help="Served model name (default: the worker's)."),
+    model: str | None = typer.Option(None, help="Served model name (default: the worker's)."),
     requests: int = typer.Option(160, help="Requests per arm."),
     arrivals: str = typer.Option("poisson", help="poisson or burst."),
     rate: float = typer.Option(2.0, help="Poisson arrival rate (requests/s)."),
@@ -47,7 +47,7 @@ def live(
     sjf_policy: str = typer.Option("sjf-aged", help="Policy of the sjf arm: sjf or sjf-aged."),
     aging_s_per_token: float = typer.Option(0.05, help="sjf-aged aging rate."),
     seed: int = typer.Option(1234),
-    out_dir: Optional[Path] = typer.Option(None, help="Report folder (default reports/)."),
+    out_dir: Path | None = typer.Option(None, help="Report folder (default reports/)."),
 ) -> None:
     """Plain vLLM vs. gateway fcfs vs. gateway sjf on real prompts; writes reports/live_bench.json."""
     from server.live_bench import Workload, run_live_bench
@@ -62,10 +62,10 @@ def live(
 
 @app.command()
 def overhead(
-    worker: Optional[str] = typer.Option(None, help="A running vLLM worker; default: start one."),
-    model: Optional[str] = typer.Option(None),
+    worker: str | None = typer.Option(None, help="A running vLLM worker; default: start one."),
+    model: str | None = typer.Option(None),
     samples: int = typer.Option(200, help="Request pairs (direct, via gateway)."),
-    out_dir: Optional[Path] = typer.Option(None),
+    out_dir: Path | None = typer.Option(None),
 ) -> None:
     """Latency the gateway adds per request at low load; writes reports/gateway_overhead.json."""
     from server.live_bench import measure_overhead
@@ -76,14 +76,14 @@ def overhead(
 
 @app.command()
 def soak(
-    worker: Optional[str] = typer.Option(None, help="A running vLLM worker; default: start one."),
-    model: Optional[str] = typer.Option(None),
+    worker: str | None = typer.Option(None, help="A running vLLM worker; default: start one."),
+    model: str | None = typer.Option(None),
     duration_s: float = typer.Option(1800.0, help="Soak length in seconds (30 min by default)."),
     load_fraction: float = typer.Option(0.8, help="Offered load as a fraction of capacity."),
     calibrate_s: float = typer.Option(60.0, help="Capacity calibration length."),
     max_tokens: int = typer.Option(64, help="max_tokens of every request."),
     max_sequences: int = typer.Option(8, help="Gateway admission limit per worker."),
-    out_dir: Optional[Path] = typer.Option(None),
+    out_dir: Path | None = typer.Option(None),
 ) -> None:
     """Gateway at 80% of capacity for a long time: errors and RSS slope -> reports/soak.json."""
     from server.soak import SoakSettings, run_soak

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -12,27 +11,27 @@ app = typer.Typer(no_args_is_help=False, add_completion=False)
 
 @app.command()
 def serve(
-    host: Optional[str] = typer.Option(None, help="Listen address (default 127.0.0.1)."),
-    port: Optional[int] = typer.Option(None, help="Listen port (default 8000)."),
-    worker: Optional[list[str]] = typer.Option(
+    host: str | None = typer.Option(None, help="Listen address (default 127.0.0.1)."),
+    port: int | None = typer.Option(None, help="Listen port (default 8000)."),
+    worker: list[str] | None = typer.Option(
         None, "--worker", help="Base URL of a running vLLM server; repeat for several. "
         "Without any (here, in the config file or LENGTHWISE_WORKERS), a local vLLM CPU "
         "worker serving SmolLM2-135M-Instruct is started.",
     ),
-    config: Optional[Path] = typer.Option(
+    config: Path | None = typer.Option(
         None, "--config", exists=True, dir_okay=False,
         help="Settings file (YAML, TOML or JSON); env LENGTHWISE_* and flags override it.",
     ),
-    policy: Optional[str] = typer.Option(None, help="fcfs, sjf or sjf-aged."),
-    max_sequences_per_worker: Optional[int] = typer.Option(
+    policy: str | None = typer.Option(None, help="fcfs, sjf or sjf-aged."),
+    max_sequences_per_worker: int | None = typer.Option(
         None, help="Admission limit: in-flight requests per worker."
     ),
-    queue_capacity: Optional[int] = typer.Option(None, help="Requests the queue holds."),
-    api_key: Optional[list[str]] = typer.Option(
+    queue_capacity: int | None = typer.Option(None, help="Requests the queue holds."),
+    api_key: list[str] | None = typer.Option(
         None, "--api-key", help="Accepted API key; repeat for several (default: none needed)."
     ),
-    request_log: Optional[Path] = typer.Option(None, help="JSON Lines request log path."),
-    predictor_dir: Optional[Path] = typer.Option(None, help="Trained predictor folder."),
+    request_log: Path | None = typer.Option(None, help="JSON Lines request log path."),
+    predictor_dir: Path | None = typer.Option(None, help="Trained predictor folder."),
     worker_port: int = typer.Option(0, help="Port of the local vLLM worker (0: a free one)."),
     log_level: str = typer.Option("info", help="Gateway log level."),
     help_config: bool = typer.Option(False, "--help-config", help="List every setting and exit."),

@@ -29,6 +29,7 @@ from server.config import GatewayConfig
 from server.dispatcher import Dispatcher, Draining, Lease, NoHealthyWorker, QueueTimeout
 from server.errors import GatewayError, bad_request, upstream_error_status
 from server.metrics import GatewayMetrics
+from server.online_learning import OnlineLearningPredictor, prompt_of_request
 from server.policy import QueuedRequest, QueueFull
 from server.proxy import (
     OpenStream,
@@ -40,7 +41,6 @@ from server.proxy import (
     post_complete,
     wait_for_disconnect,
 )
-from server.online_learning import OnlineLearningPredictor, prompt_of_request
 from server.request_log import RequestLog, RequestRecord
 from server.schemas import ChatCompletionRequest, CompletionRequest
 

@@ -196,4 +196,4 @@ class Dispatcher:
         return True
 
 
-__all__ = ["Dispatcher", "Lease", "NoHealthyWorker", "QueueFull", "QueueTimeout", "Draining"]
+__all__ = ["Dispatcher", "Draining", "Lease", "NoHealthyWorker", "QueueFull", "QueueTimeout"]

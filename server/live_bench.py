@@ -255,6 +255,11 @@ def _gateway_args(w: Workload, policy: str, request_log: Path) -> list[str]:
 def _gateway_env_aging(w: Workload) -> None:
     os.environ["LENGTHWISE_AGING_S_PER_TOKEN"] = str(w.aging_s_per_token)
     os.environ["LENGTHWISE_POINT_ESTIMATE"] = w.point_estimate
+    # The benchmark measures ordering, not time-outs: a slow machine must not turn long
+    # queue waits into 503s that drop requests from one arm only.
+    for name in ("QUEUE_TIMEOUT_S", "REQUEST_TIMEOUT_S", "FIRST_BYTE_TIMEOUT_S",
+                 "STREAM_IDLE_TIMEOUT_S"):
+        os.environ[f"LENGTHWISE_{name}"] = "3600"
 
 
 def run_live_bench(

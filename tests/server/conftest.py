@@ -6,8 +6,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-
 from gateway_harness import GatewayServer, StandinWorker, free_port
+
 from server.config import GatewayConfig
 
 

@@ -8,10 +8,9 @@ import json
 
 import httpx
 import pytest
+from gateway_harness import free_port, wait_until
 
 from server.request_log import read_request_log
-
-from gateway_harness import free_port, wait_until
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
@@ -98,7 +97,7 @@ def test_models_and_health(standin_factory, gateway_factory):
 def test_extra_fields_priority_and_edt_reach_vllm(standin_factory, gateway_factory):
     worker = standin_factory()
     gw = gateway_factory([worker.url], edt_theta=0.5, edt_n=0.8)
-    ok = lambda body: httpx.post(gw.url + CHAT, json=body, timeout=10).status_code == 200  # noqa: E731
+    ok = lambda body: httpx.post(gw.url + CHAT, json=body, timeout=10).status_code == 200
     assert ok(chat_body(top_k=5, min_p=0.1, repetition_penalty=1.1, seed=3, user="u"))
     assert ok(chat_body(edt={"theta": 1.5, "n": 0.3}, temperature=0.9))
     assert ok(chat_body(vllm_xargs={"edt_theta": 0.0, "other": 1}))

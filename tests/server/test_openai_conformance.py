@@ -16,6 +16,7 @@ PROMPT = "Name three primary colors."
 @pytest.fixture(scope="module")
 def gw_and_direct(vllm_worker, length_predictor, tmp_path_factory):
     from gateway_harness import GatewayServer, free_port
+
     from server.config import GatewayConfig
 
     cfg = GatewayConfig.model_validate({

@@ -9,8 +9,8 @@ import threading
 import time
 
 import httpx
-
 from gateway_harness import free_port, wait_until
+
 from predictor.locations import REPO_ROOT
 
 
