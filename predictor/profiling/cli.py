@@ -88,7 +88,7 @@ def report(
     target = output or folder / "summary.json"
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(summary, indent=2) + "\n")
-    if plots:
+    if plots and summary["served_model"].get("prompts", 1):
         for path in write_plots(directory, folder, castillo):
             typer.echo(f"plot: {path}")
     typer.echo(json.dumps(summary["served_model"], indent=2))

@@ -18,7 +18,7 @@ from predictor.cleaning import degenerate_mask
 from predictor.errors import CastilloDataError
 from predictor.loader import load_castillo, normalize_rows
 from predictor.profiling.degeneration import flag_degenerate
-from predictor.profiling.run import ROWS_FILE, RUN_FILE, SKIPPED_FILE, read_jsonl
+from predictor.profiling.run import ROWS_FILE, RUN_FILE, SAMPLES_FILE, SKIPPED_FILE, read_jsonl
 
 SHARED_CORPORA = ("DollyDataset", "Alpaca")
 
@@ -101,8 +101,38 @@ def _rank(value: float, others: list[float]) -> str:
     return f"{1 + sum(v > value for v in others)} of {len(others) + 1}"
 
 
+def run_progress(directory: Path) -> dict:
+    """How far a run got, from its logs: finished prompts and completions, and throughput."""
+    samples = read_jsonl(directory / SAMPLES_FILE)
+    out = {"rows": len(read_jsonl(directory / ROWS_FILE)),
+           "skipped": len(read_jsonl(directory / SKIPPED_FILE)), "samples": len(samples)}
+    if samples:
+        tokens = sum(int(r["tokens"]) for r in samples)
+        began = min(float(r["unix"]) - float(r["seconds"]) for r in samples)
+        span = max(float(r["unix"]) for r in samples) - began
+        out.update({"completion_tokens": tokens, "span_seconds": round(span, 1),
+                    "tokens_per_second": round(tokens / span, 2) if span > 0 else None,
+                    "mean_tokens_per_sample": round(tokens / len(samples), 1),
+                    "mean_seconds_per_sample": round(float(np.mean([r["seconds"] for r in samples])), 1),
+                    "cap_hit_share": round(float(np.mean([r["finish_reason"] == "length" for r in samples])), 3)})
+    return out
+
+
 def build_report(directory: Path | str, castillo_source: Path | str | None = None) -> dict:
     directory = Path(directory)
+    progress = run_progress(directory) if directory.is_dir() else None
+    if progress is not None and progress["rows"] == 0:
+        run = directory / RUN_FILE
+        info = __import__("json").loads(run.read_text()) if run.exists() else None
+        out = {"served_model": {"prompts": 0, "note": "no prompt has all its samples yet"},
+               "progress": progress, "run": info}
+        if info is not None:  # CASTILLO's side of the comparison, at the run's cap
+            try:
+                out["castillo_models"] = castillo_models(load_castillo(castillo_source),
+                                                         int(info["identity"]["max_tokens"]))
+            except CastilloDataError as exc:
+                out["castillo_error"] = str(exc)
+        return out
     profile = load_profile(directory)
     cap = profile_cap(profile)
     degenerate = np.logical_or(*flag_degenerate(profile, cap))
@@ -140,7 +170,8 @@ def build_report(directory: Path | str, castillo_source: Path | str | None = Non
                                                          [f["within_prompt_cv_mean"] for f in others]),
         }
     run = directory / RUN_FILE
-    return {"served_model": served, "comparison_dolly_alpaca_clipped": comparison,
+    return {"served_model": served, "progress": progress,
+            "comparison_dolly_alpaca_clipped": comparison,
             "castillo_models": models,
             "run": __import__("json").loads(run.read_text()) if run.exists() else None}
 
