@@ -380,6 +380,7 @@ def measure_overhead(
 ) -> dict[str, Any]:
     """Latency added by the gateway at low load: alternating identical sequential requests."""
     out_dir = out_dir or reports_dir()
+    out_dir.mkdir(parents=True, exist_ok=True)
     scratch = Path(os.environ.get("TMPDIR", "/tmp")) / "lengthwise-bench"
     scratch.mkdir(parents=True, exist_ok=True)
     body = {"model": model, "messages": [{"role": "user", "content": "Say hi."}],
