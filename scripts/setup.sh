@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 VENV=.venv
-EXTRAS=${LENGTHWISE_EXTRAS:-cpu,dev,embeddings}
+EXTRAS=${LENGTHWISE_EXTRAS:-cpu,dev}
 
 "$PYTHON" - <<'PY'
 import sys
@@ -40,4 +40,4 @@ echo "==> preparing the local model (SmolLM2-135M-Instruct)"
 "$VENV/bin/python" -m server.local_model
 
 echo "==> training or loading the length predictor"
-"$VENV/bin/lengthwise" predictor train
+"$VENV/bin/lengthwise" predictor ensure
