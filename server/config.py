@@ -131,8 +131,9 @@ class GatewayConfig(BaseSettings):
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     """Accepted API keys (``Authorization: Bearer <key>``). Empty: every request is accepted
     whatever its Authorization header."""
-    metrics_require_auth: bool = False
-    """Also require a key for ``/metrics`` (``/health`` never needs one)."""
+    metrics_require_auth: bool = True
+    """With keys configured, ``/metrics`` needs one too (``/health`` never does). Set False
+    to let a scraper without a key read ``/metrics``."""
     rate_limit_requests_per_min: int | None = Field(None, ge=1)
     """Per API key: completion requests per minute (``None``: unlimited); beyond it 429."""
     rate_limit_tokens_per_min: int | None = Field(None, ge=1)
