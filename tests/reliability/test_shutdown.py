@@ -105,11 +105,8 @@ async def test_rolling_restart_of_two_gateways_loses_no_accepted_request(standin
             else:
                 tally["gave_up"] += 1
 
-    # One connection per request, as a balancer that does not pool upstream connections.
-    # With pooled keep-alive connections, a request written on an idle connection at the
-    # moment the old gateway closes it fails with ReadError although the gateway never
-    # accepted it (seen once in 271 requests); telling that apart needs the gateway's own
-    # accounting, which this test does not read yet.
+    # One connection per request, as a balancer that does not pool upstream connections
+    # (the ReadError race in the xfail reason shows up with pooled connections too).
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=0)
     async with httpx.AsyncClient(timeout=30, limits=limits) as client:
         loops = [asyncio.ensure_future(client_loop(client, c)) for c in range(8)]
