@@ -178,6 +178,7 @@ async def metrics(request: Request) -> Response:
     if gw.cfg.metrics_require_auth:
         gw.auth.check(request.headers.get("authorization"))
     payload = gw.metrics.render(
-        lambda: gw.metrics.sync_workers(gw.pool, gw.dispatcher.queue_depth())
+        lambda: gw.metrics.sync_workers(gw.pool, gw.dispatcher.queue_depth(),
+                                        gw.dispatcher.policy.name)
     )
     return Response(payload, media_type="text/plain; version=0.0.4; charset=utf-8")

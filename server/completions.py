@@ -70,6 +70,9 @@ class _Ticket:
     attempts: int = 0
     worker: str | None = None
     finished: bool = False
+    #: prompts in the request (a completions request may hold several); with n, the
+    #: number of sequences generated
+    prompts: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
 
     def headers(self) -> dict[str, str]:
@@ -143,6 +146,7 @@ class CompletionService:
             request_id=f"lw-{uuid.uuid4().hex}", endpoint=endpoint, model=parsed.model,
             stream=parsed.stream, n=parsed.n, cap=parsed.length_cap(), arrival=arrival,
             arrival_unix=time.time(), prediction=prediction, predicted_tokens=predicted,
+            prompts=len(parsed.prompt_texts()) if isinstance(parsed, CompletionRequest) else 1,
         )
         if isinstance(self.predictor, OnlineLearningPredictor):
             ticket.extra["learn_prompt"] = prompt_of_request(parsed)
@@ -420,6 +424,11 @@ class CompletionService:
                     self.metrics.prediction_ratio.observe(
                         ticket.predicted_tokens / completion_tokens
                     )
+                # The p90 is per sequence and usage only reports the sum over sequences,
+                # so coverage is only known exactly for a single sequence.
+                if ticket.prediction is not None and ticket.n == 1 and ticket.prompts == 1:
+                    self.metrics.observe_p90_coverage(ticket.model, completion_tokens,
+                                                      ticket.prediction.p90)
             if ttft is not None:
                 self.metrics.ttft.labels(*labels).observe(ttft)
                 if completion_tokens and completion_tokens > 1:

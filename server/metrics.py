@@ -2,14 +2,30 @@
 
 Names start with ``lengthwise_``, use base units (seconds, tokens), and carry
 only low-cardinality labels: worker URL (a handful), policy, endpoint, status
-class. Per-worker gauges are set from ``WorkerPool`` state at scrape time.
+class, served model (only names the workers serve reach the counters). Per-worker
+gauges and the queue depth are set from live state at scrape time. The registry
+also carries prometheus_client's process and platform collectors, so the gateway's
+own memory and CPU (``process_*``) sit next to the vLLM workers' on the dashboards.
+
+Time to first token is only observable for streaming requests: a non-streaming
+reply arrives in one piece, so ``lengthwise_request_ttft_seconds`` (and TPOT)
+only count streaming requests; vLLM's ``vllm:time_to_first_token_seconds``
+covers every request inside the worker.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 
 from server.backends import WorkerPool
 
@@ -24,13 +40,17 @@ RATIO_BUCKETS = (0.1, 0.25, 0.5, 0.67, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2, 4, 10)
 class GatewayMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        # process_resident_memory_bytes, process_cpu_seconds_total, ... of this process.
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
         self.e2e = Histogram(
             "lengthwise_request_e2e_seconds", "Arrival to last byte, per request.",
             ["endpoint", "policy"], buckets=LATENCY_BUCKETS, registry=registry,
         )
         self.ttft = Histogram(
             "lengthwise_request_ttft_seconds",
-            "Arrival to first token (streaming) or to the full body (non-streaming).",
+            "Arrival to the first streamed token; streaming requests only (a non-streaming "
+            "reply has no observable first token).",
             ["endpoint", "policy"], buckets=LATENCY_BUCKETS, registry=registry,
         )
         self.tpot = Histogram(
@@ -42,7 +62,8 @@ class GatewayMetrics:
             ["policy"], buckets=LATENCY_BUCKETS, registry=registry,
         )
         self.queue_depth = Gauge(
-            "lengthwise_queue_depth", "Requests waiting in the gateway's queue.", registry=registry
+            "lengthwise_queue_depth", "Requests waiting in the gateway's queue, by policy.",
+            ["policy"], registry=registry,
         )
         self.in_flight = Gauge(
             "lengthwise_worker_in_flight", "Requests the gateway has in flight per worker.",
@@ -86,11 +107,18 @@ class GatewayMetrics:
             "Predicted over actual completion tokens (1 = exact; >1 over-predicted).",
             buckets=RATIO_BUCKETS, registry=registry,
         )
+        self.p90_coverage = Counter(
+            "lengthwise_prediction_p90_coverage",
+            "Single-sequence requests whose actual completion length was at most the "
+            "predicted p90 (covered=\"true\") or above it (covered=\"false\"); a calibrated "
+            "predictor covers 90%.",
+            ["model", "covered"], registry=registry,
+        )
         self._known_workers: set[str] = set()
 
-    def sync_workers(self, pool: WorkerPool, queue_depth: int) -> None:
+    def sync_workers(self, pool: WorkerPool, queue_depth: int, policy: str) -> None:
         """Refresh gauges from live state; called right before each scrape."""
-        self.queue_depth.set(queue_depth)
+        self.queue_depth.labels(policy).set(queue_depth)
         current = set(pool.workers)
         for gone in self._known_workers - current:
             for gauge in (self.in_flight, self.in_flight_predicted, self.worker_healthy,
@@ -104,6 +132,9 @@ class GatewayMetrics:
             self.in_flight_predicted.labels(url).set(w.in_flight_predicted_tokens)
             self.worker_healthy.labels(url).set(1 if (w.healthy and w.listed) else 0)
         self._known_workers = current
+
+    def observe_p90_coverage(self, model: str, actual_tokens: int, predicted_p90: float) -> None:
+        self.p90_coverage.labels(model, "true" if actual_tokens <= predicted_p90 else "false").inc()
 
     def render(self, before: Callable[[], None] | None = None) -> bytes:
         if before:

@@ -84,6 +84,15 @@ def apply_edt_(
     return scores.masked_fill_(drop & greedy.unsqueeze(1), float("-inf"))
 
 
+def applied_temperature(
+    entropy: torch.Tensor, coefficient: torch.Tensor, t0: torch.Tensor | float
+) -> torch.Tensor:
+    """T = T0 * exp(-coefficient / H) per row, 0 where the floor makes the row greedy."""
+    log_mult = log_multiplier(entropy, coefficient)
+    temperature = t0 * torch.exp(-log_mult)
+    return torch.where(is_below_floor(log_mult), torch.zeros_like(temperature), temperature)
+
+
 def edt_temperature(
     logits: torch.Tensor,
     theta: torch.Tensor | float,
@@ -97,6 +106,4 @@ def edt_temperature(
     theta_t = torch.as_tensor(theta, dtype=logits.dtype, device=logits.device)
     n_t = torch.as_tensor(n, dtype=logits.dtype, device=logits.device)
     t0_t = torch.as_tensor(t0, dtype=logits.dtype, device=logits.device)
-    log_mult = log_multiplier(entropy_nats(logits), theta_t * torch.log(1.0 / n_t))
-    temperature = t0_t * torch.exp(-log_mult)
-    return torch.where(is_below_floor(log_mult), torch.zeros_like(temperature), temperature)
+    return applied_temperature(entropy_nats(logits), theta_t * torch.log(1.0 / n_t), t0_t)

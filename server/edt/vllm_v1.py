@@ -20,6 +20,10 @@ set is the one fixed temperature T0 would keep, and tokens it removed count as
 p = 0 in H. (Model Runner V2 applies min-p after EDT; see ``vllm_mrv2``.)
 Greedy rows (temperature 0) and all-greedy batches never reach this processor;
 rows without EDT are never read or written.
+
+With ``LENGTHWISE_EDT_METRICS_PORT`` set in the worker's environment, the applied
+temperature of every EDT row is counted in a histogram served on that port
+(``server.edt.worker_metrics``).
 """
 
 from __future__ import annotations
@@ -34,8 +38,9 @@ from vllm.v1.sample.logits_processor import (
     MoveDirectionality,
 )
 
-from server.edt.formula import apply_edt_, entropy_nats
+from server.edt.formula import applied_temperature, apply_edt_, entropy_nats
 from server.edt.params import default_from_additional_config, request_params
+from server.edt.worker_metrics import process_histogram
 
 if TYPE_CHECKING:
     from vllm import SamplingParams
@@ -64,6 +69,7 @@ class EntropyDynamicTemperatureLogitsProcessor(LogitsProcessor):
         self._rows: torch.Tensor | None = None
         self._row_coefficient = torch.empty(0)
         self._row_t0 = torch.empty(0)
+        self._metrics = process_histogram()
 
     def is_argmax_invariant(self) -> bool:
         # Scaling a row by a positive factor never changes its argmax.
@@ -106,6 +112,9 @@ class EntropyDynamicTemperatureLogitsProcessor(LogitsProcessor):
             return logits
         scaled = logits.index_select(0, self._rows)  # z / T0 for the EDT rows
         entropy = entropy_nats(scaled * self._row_t0.unsqueeze(1))
+        if self._metrics is not None:
+            self._metrics.observe(
+                applied_temperature(entropy, self._row_coefficient, self._row_t0))
         logits.index_copy_(0, self._rows, apply_edt_(
             scaled, entropy, self._row_coefficient, host_check=scaled.device.type == "cpu"
         ))

@@ -380,7 +380,7 @@ def test_metrics_export_latency_tokens_predictions_and_worker_state(
         'lengthwise_request_ttft_seconds_count{endpoint="chat",policy="sjf-aged"} 1.0',
         'lengthwise_request_e2e_seconds_count{endpoint="chat",policy="sjf-aged"} 2.0',
         'lengthwise_queue_wait_seconds_count{policy="sjf-aged"} 2.0',
-        "lengthwise_queue_depth 0.0",
+        'lengthwise_queue_depth{policy="sjf-aged"} 0.0',
         f'lengthwise_worker_healthy{{worker="{worker.url}"}} 1.0',
     ]:
         assert line in text, line
