@@ -10,16 +10,34 @@ re-raises the signal on the way out, so the process never exits 0.
    balancers move traffic away, while queued and in-flight requests go on;
    Responses carry ``Connection: close`` from then on, so clients do not keep idle
    connections that the final close would race with;
-2. once nothing is queued or in flight, or ``grace_s`` has passed, uvicorn's
-   normal shutdown runs (close the listener, finish open responses, lifespan
-   shutdown) and the process exits 0;
-3. a second signal skips the drain (uvicorn's force exit).
+2. once nothing is queued or in flight, or ``grace_s`` has passed, the listener
+   is quiesced before it is closed: the kernel is told to ignore new connection
+   attempts (``server.listen_gate``), and the connections it had already
+   completed, whose clients may have sent a request, are accepted and answered
+   (503) until the accept queue is empty and every connection has closed, for at
+   most ``quiesce_s``. Closing the listener straight away made the kernel reset
+   those queued connections, and uvicorn's shutdown closed connections accepted
+   a moment earlier whose request was not yet read: either way a client that had
+   sent its request got a reset and could not tell whether it was accepted.
+   Now a client either gets a response or "connection refused" (never accepted);
+3. then uvicorn's normal shutdown runs (close the listener, finish open
+   responses, lifespan shutdown) and the process exits 0;
+4. a second signal skips the drain (uvicorn's force exit).
+
+What remains is HTTP/1.1's own keep-alive race: a client that keeps an idle
+connection from before the SIGTERM, sends nothing on it for ``quiesce_s`` and
+then writes a request just as the connection is closed sees the close, as with
+any server's idle timeout. Every response while draining carries
+``Connection: close``, so a client that sends anything during the drain is not
+left holding such a connection.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
+import socket
 import time
 from collections.abc import Callable
 from types import FrameType
@@ -29,20 +47,26 @@ from fastapi import FastAPI
 
 from server.config import GatewayConfig
 from server.http_protocol import protocol_class
+from server.listen_gate import accept_queue_length, refuse_new_connections
 
 log = logging.getLogger(__name__)
 
 _DRAIN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# A client whose connection the kernel completed sends its request within
+# milliseconds; this only bounds the wait for ones that connect and stay silent.
+DEFAULT_QUIESCE_S = 2.0
+_QUIESCE_POLL_S = 0.01
 
 
 class DrainingServer(uvicorn.Server):
     def __init__(
         self, config: uvicorn.Config, app: FastAPI, grace_s: float,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.monotonic, quiesce_s: float = DEFAULT_QUIESCE_S,
     ) -> None:
         super().__init__(config)
         self._app = app
         self.grace_s = grace_s
+        self.quiesce_s = quiesce_s
         self._clock = clock
         self._drain_requested = False
         self._drain_deadline: float | None = None
@@ -85,6 +109,24 @@ class DrainingServer(uvicorn.Server):
                 log.warning("drain grace period over: %d in flight, %d queued",
                             dispatcher.in_flight, dispatcher.queue_depth())
             self.should_exit = True
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self._drain_deadline is not None and not self.force_exit:
+            await self._quiesce_listeners()
+        await super().shutdown(sockets)
+
+    async def _quiesce_listeners(self) -> None:
+        listeners = [sock for server in self.servers for sock in (server.sockets or ())]
+        refused = [refuse_new_connections(sock) for sock in listeners]  # every one, no short cut
+        if not all(refused):
+            return  # new connections keep coming: waiting for an empty queue cannot end
+        deadline = self._clock() + self.quiesce_s
+        while self._clock() < deadline and not self.force_exit:
+            queued = [accept_queue_length(sock) for sock in listeners]
+            if not self.server_state.connections and all(q == 0 for q in queued):
+                return
+            await asyncio.sleep(_QUIESCE_POLL_S)
+        log.info("closing the listener with %d connections open", len(self.server_state.connections))
 
 
 def serve_app(app: FastAPI, cfg: GatewayConfig, *, log_level: str = "info") -> None:
