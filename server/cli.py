@@ -85,7 +85,9 @@ def _start_local_worker(port: int):
 
     typer.echo("No workers configured: preparing SmolLM2-135M-Instruct (once) ...")
     model = prepare_local_model()
-    worker = WorkerProcess(WorkerConfig(model_path=model.path, port=port or free_port()))
-    typer.echo(f"Starting a local vLLM CPU worker on {worker.base_url} (about a minute) ...")
+    worker = WorkerProcess(WorkerConfig(model_path=model.path, port=port or free_port(),
+                                        edt_metrics_port=free_port()))
+    typer.echo(f"Starting a local vLLM CPU worker on {worker.base_url} (about a minute); "
+               f"EDT temperature metrics at {worker.config.edt_metrics_url} ...")
     worker.start()
     return worker

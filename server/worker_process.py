@@ -21,6 +21,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from server.edt.worker_metrics import HOST_ENV as EDT_METRICS_HOST_ENV
+from server.edt.worker_metrics import PORT_ENV as EDT_METRICS_PORT_ENV
 from server.local_model import SERVED_MODEL_NAME
 
 # The V1-runner EDT processor: the CPU build of vLLM runs the V1 model runner.
@@ -79,10 +81,20 @@ class WorkerConfig:
     """Where the worker's stdout/stderr go; a temporary file when ``None``."""
     startup_timeout_s: float = 240.0
     extra_env: dict[str, str] = field(default_factory=dict)
+    edt_metrics_port: int | None = None
+    """Where the EDT processor serves ``lengthwise_edt_applied_temperature``
+    (``server.edt.worker_metrics``), on ``host``; ``None`` = not served."""
 
     @property
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def edt_metrics_url(self) -> str | None:
+        """The EDT histogram's scrape URL, or ``None`` when it is not served."""
+        if self.edt_metrics_port is None or not self.logits_processors:
+            return None
+        return f"http://{self.host}:{self.edt_metrics_port}/metrics"
 
     def command(self) -> list[str]:
         cmd = [
@@ -133,6 +145,13 @@ class WorkerConfig:
         # Nothing can be fetched from a model hub here; fail fast instead of retrying.
         env.setdefault("HF_HUB_OFFLINE", "1")
         env.setdefault("VLLM_NO_USAGE_STATS", "1")
+        # The port comes from this config only, never from the caller's environment.
+        # Of the worker's processes only the one that builds the logits processors
+        # (vLLM's model runner) binds it; the API server and engine core never do.
+        env.pop(EDT_METRICS_PORT_ENV, None)
+        if self.edt_metrics_port is not None:
+            env[EDT_METRICS_PORT_ENV] = str(self.edt_metrics_port)
+            env[EDT_METRICS_HOST_ENV] = self.host
         env.update(self.extra_env)
         return env
 
@@ -260,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8100)
     parser.add_argument("--no-edt", action="store_true", help="do not load the EDT processor")
     parser.add_argument("--log", type=Path, default=None, help="worker log file")
+    parser.add_argument("--edt-metrics-port", type=int, default=0,
+                        help="port of the EDT applied-temperature metrics (default: a free one)")
     args = parser.parse_args(argv)
     model = prepare_local_model()
     config = WorkerConfig(
@@ -267,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         port=args.port,
         logits_processors=() if args.no_edt else (EDT_LOGITS_PROCESSOR_V1,),
         log_path=args.log,
+        edt_metrics_port=None if args.no_edt else (args.edt_metrics_port or free_port()),
     )
     stop_signals = {signal.SIGINT, signal.SIGTERM}
     # Block first so a signal arriving during start-up is not lost.
@@ -276,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
         worker.start()
         print(
             f"vLLM worker {config.served_model_name} at {worker.base_url} "
-            f"(pid {worker.pid}, log {worker.log_path})",
+            f"(pid {worker.pid}, log {worker.log_path}); EDT metrics at "
+            f"{config.edt_metrics_url or 'off'}",
             flush=True,
         )
         # Supervise: a worker that dies (e.g. an engine crash) is restarted, so a

@@ -9,7 +9,8 @@ end of the session. Tests that use it are marked ``vllm`` automatically, so
 
 Set ``LENGTHWISE_TEST_WORKER_URL`` (e.g. ``http://127.0.0.1:8100``) to reuse an
 already-running worker instead of starting one; its model name is read from
-``/v1/models`` unless ``LENGTHWISE_TEST_WORKER_MODEL`` says it.
+``/v1/models`` unless ``LENGTHWISE_TEST_WORKER_MODEL`` says it, and its EDT
+metrics URL (``LENGTHWISE_EDT_METRICS_PORT``) from ``LENGTHWISE_TEST_WORKER_EDT_METRICS_URL``.
 
 If the worker cannot start, every test using it fails with the worker's log tail.
 """
@@ -26,6 +27,7 @@ import pytest
 
 WORKER_URL_ENV = "LENGTHWISE_TEST_WORKER_URL"
 WORKER_MODEL_ENV = "LENGTHWISE_TEST_WORKER_MODEL"
+WORKER_EDT_METRICS_ENV = "LENGTHWISE_TEST_WORKER_EDT_METRICS_URL"
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,8 @@ class LiveWorker:
     """Root URL without ``/v1``, e.g. ``http://127.0.0.1:43121``."""
     model: str
     """Served model name to put in requests."""
+    edt_metrics_url: str | None = None
+    """The EDT processor's ``/metrics`` (applied temperatures), when this run started the worker."""
 
     @property
     def openai_base_url(self) -> str:
@@ -65,7 +69,8 @@ def vllm_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveWorker
     if reuse:
         if not is_healthy(reuse, timeout_s=5):
             pytest.fail(f"{WORKER_URL_ENV}={reuse} does not answer /health")
-        yield LiveWorker(reuse, os.environ.get(WORKER_MODEL_ENV) or _served_model(reuse))
+        yield LiveWorker(reuse, os.environ.get(WORKER_MODEL_ENV) or _served_model(reuse),
+                         os.environ.get(WORKER_EDT_METRICS_ENV) or None)
         return
 
     from server.local_model import LocalModelError, prepare_local_model
@@ -82,6 +87,7 @@ def vllm_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveWorker
         max_num_seqs=32,
         kv_cache_space_gib=1,
         log_path=log_path,
+        edt_metrics_port=free_port(),
     )
     worker = WorkerProcess(config)
     try:
@@ -89,6 +95,6 @@ def vllm_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveWorker
     except WorkerStartError as exc:
         pytest.fail(str(exc), pytrace=False)
     try:
-        yield LiveWorker(worker.base_url, config.served_model_name)
+        yield LiveWorker(worker.base_url, config.served_model_name, config.edt_metrics_url)
     finally:
         worker.stop()

@@ -4,8 +4,10 @@ them and the Prometheus configuration, from code.
 The gateway's metric names are read from ``server.metrics.GatewayMetrics`` itself
 (instantiated on a throw-away registry), so renaming a metric there changes the
 generated dashboards, and the test that compares the committed files with a fresh
-generation fails until they are regenerated. vLLM's names come from vLLM's
-``/metrics`` (``vllm:*``) and Prometheus' process collector (``process_*``).
+generation fails until they are regenerated; the EDT histogram's name comes from
+``server.edt.worker_metrics``. vLLM's names come from vLLM's ``/metrics``
+(``vllm:*``) and prometheus_client's process collector (``process_*``, exported by
+the gateway, vLLM's API server and the EDT endpoint of vLLM's model-runner process).
 
     python deploy/grafana/generate.py          # rewrite the committed files
     python deploy/grafana/generate.py --check  # exit 1 when they are out of date
@@ -33,6 +35,7 @@ if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere
 
 from prometheus_client import CollectorRegistry
 
+from server.edt.worker_metrics import METRIC_NAME as EDT_TEMPERATURE
 from server.engine_stats import KV_CACHE_USAGE
 from server.metrics import GatewayMetrics
 
@@ -46,6 +49,9 @@ DATASOURCE = {"type": "prometheus", "uid": "prometheus"}
 RATE = "$__rate_interval"
 GATEWAY_JOB = "lengthwise-gateway"
 WORKER_JOB = "vllm-worker"
+EDT_JOB = "lengthwise-edt"
+# The share of requests a calibrated p90 covers; drawn as the target line.
+P90_TARGET = 0.9
 
 
 def _gateway_metric_names() -> dict[str, str]:
@@ -160,18 +166,26 @@ def gateway_overview() -> Dashboard:
         (
             Panel("End-to-end latency", "Arrival at the gateway to the last byte.",
                   percentiles(bucket("e2e")), unit="s"),
-            Panel("Time to first token", "Arrival to the first streamed token (or the whole "
-                  "body of a non-streaming request); includes the queue wait.",
+            Panel("Time to first token", "Arrival at the gateway to the first streamed token; "
+                  "includes the queue wait. Streaming requests only: the gateway cannot see the "
+                  "first token of a non-streaming reply (see the vLLM panel for all requests).",
                   percentiles(bucket("ttft")), unit="s"),
-            Panel("Time per output token", "Decode time per token after the first.",
+            Panel("Time to first token inside vLLM (all requests)",
+                  "vLLM's own vllm:time_to_first_token_seconds: every request, streaming or "
+                  "not, from its arrival at the worker (so without the gateway's queue wait).",
+                  percentiles("vllm:time_to_first_token_seconds_bucket"), unit="s"),
+            Panel("Time per output token", "Decode time per token after the first (streaming "
+                  "requests, as for TTFT).",
                   percentiles(bucket("tpot")), unit="s"),
         ),
     )
     queue = Row(
         "Queue",
         (
-            Panel("Queue depth", "Requests waiting in each gateway replica's queue.",
-                  (Query(f"sum by (instance) ({G['queue_depth']})", "{{instance}}"),)),
+            Panel("Queue depth by policy", "Requests waiting in each gateway replica's queue, "
+                  "labelled with the replica's scheduling policy.",
+                  (Query(f"sum by (policy, instance) ({G['queue_depth']})",
+                         "{{policy}} {{instance}}"),)),
             Panel("Queue wait by policy", "Time spent in the gateway's queue, per scheduling "
                   "policy (the LengthwiseQueueWaitP99High alert watches p99).",
                   percentiles(bucket("queue_wait"), by="policy", qs=(0.5, 0.99)), unit="s"),
@@ -270,10 +284,39 @@ def length_prediction() -> Dashboard:
             ),
         ),
     )
+    coverage_counter = counter("p90_coverage")
+    coverage = Row(
+        "Coverage of p90",
+        (
+            Panel(
+                "Coverage of p90",
+                "Share of single-sequence requests whose actual completion length was at most "
+                f"the predicted p90, per model. A calibrated predictor covers {P90_TARGET:.0%} "
+                "(the target line); well below it, the predictor underestimates and needs "
+                "retraining (LengthwisePredictionCoverageLow watches the hourly figure).",
+                (
+                    Query(f"(sum by (model) (rate({coverage_counter}{{covered=\"true\"}}[{RATE}]))"
+                          f" or sum by (model) (rate({coverage_counter}[{RATE}])) * 0)"
+                          f" / sum by (model) (rate({coverage_counter}[{RATE}]))",
+                          "{{model}} (window)"),
+                    Query("lengthwise:prediction_p90_coverage:ratio_1h", "{{model}} (last hour)"),
+                    Query(f"vector({P90_TARGET})", "target"),
+                ),
+                unit="percentunit", max=1,
+            ),
+            Panel(
+                "Requests above and within the predicted p90",
+                "Rate of single-sequence requests by whether they stayed within the p90.",
+                (Query(f"sum by (covered) (rate({coverage_counter}[{RATE}]))",
+                       "covered={{covered}}"),),
+                unit="reqps",
+            ),
+        ),
+    )
     return Dashboard(
         "lengthwise-prediction", "Lengthwise / Length prediction",
         "How well the length predictor's estimates match what the workers generate.",
-        (distribution, error),
+        (distribution, error, coverage),
     )
 
 
@@ -317,22 +360,80 @@ def worker_memory() -> Dashboard:
         (
             Panel(
                 "Resident memory by process",
-                "process_resident_memory_bytes of every scraped process (vLLM's API server; "
-                "the gateway if it exports the process collector).",
-                (Query("sum by (job, instance) (process_resident_memory_bytes)",
-                       "{{job}} {{instance}}"),),
+                "process_resident_memory_bytes of the gateway, of each vLLM worker's API server "
+                "(vLLM's /metrics), and of each worker's model-runner process, which holds the "
+                "weights (and, on CPU, the KV cache); the EDT endpoint reports that one.",
+                (
+                    Query(f"sum by (instance) (process_resident_memory_bytes{{job=\"{GATEWAY_JOB}\"}})",
+                          "gateway {{instance}}"),
+                    Query(f"sum by (instance) (process_resident_memory_bytes{{job=\"{WORKER_JOB}\"}})",
+                          "vLLM API server {{instance}}"),
+                    Query(f"sum by (instance) (process_resident_memory_bytes{{job=\"{EDT_JOB}\"}})",
+                          "vLLM model runner {{instance}}"),
+                ),
                 unit="bytes",
+            ),
+            Panel(
+                "CPU by process",
+                "CPU cores in use (rate of process_cpu_seconds_total) of the same processes.",
+                (
+                    Query(f"sum by (job, instance) (rate(process_cpu_seconds_total[{RATE}]))",
+                          "{{job}} {{instance}}"),
+                ),
+                unit="short",
             ),
         ),
     )
     return Dashboard(
         "lengthwise-worker-memory", "Lengthwise / Worker memory",
-        "KV-cache usage and process memory of the vLLM workers.",
+        "KV-cache usage of the vLLM workers, and the memory of the gateway and the workers.",
         (kv, process),
     )
 
 
-DASHBOARDS = (gateway_overview, length_prediction, worker_memory)
+def edt() -> Dashboard:
+    temperature_bucket = f"{EDT_TEMPERATURE}_bucket"
+    applied = Row(
+        "Applied temperatures",
+        (
+            Panel(
+                "Applied temperature distribution",
+                "Sampled tokens per temperature bucket, for requests decoding with EDT "
+                "(T = T0 * N^(theta/H), served by the EDT processor inside each worker; requests "
+                "without EDT are not counted). The bucket le=0 holds steps EDT made greedy.",
+                (Query(f"sum by (le) (increase({temperature_bucket}[{RATE}]))", "{{le}}",
+                       format="heatmap"),),
+                kind="heatmap",
+            ),
+            Panel(
+                "Applied temperature quantiles",
+                "p10, p50 and p90 of the temperature EDT applied per sampled token, and the mean.",
+                percentiles(temperature_bucket, qs=(0.1, 0.5, 0.9))
+                + (Query(f"sum(rate({EDT_TEMPERATURE}_sum[{RATE}])) / "
+                         f"sum(rate({EDT_TEMPERATURE}_count[{RATE}]))", "mean"),),
+            ),
+            Panel(
+                "Tokens sampled with EDT",
+                "Tokens per second decoded with EDT, per worker, and the share EDT made greedy "
+                "(entropy so low that the temperature floor applies).",
+                (
+                    Query(f"sum by (instance) (rate({EDT_TEMPERATURE}_count[{RATE}]))",
+                          "tokens/s {{instance}}"),
+                    Query(f"sum(rate({temperature_bucket}{{le=\"0.0\"}}[{RATE}])) / "
+                          f"sum(rate({EDT_TEMPERATURE}_count[{RATE}]))", "greedy share"),
+                ),
+            ),
+        ),
+    )
+    return Dashboard(
+        "lengthwise-edt", "Lengthwise / EDT",
+        "Temperatures the entropy-based dynamic temperature (EDT) logits processor applies "
+        "inside the vLLM workers.",
+        (applied,),
+    )
+
+
+DASHBOARDS = (gateway_overview, length_prediction, worker_memory, edt)
 
 
 # ------------------------------------------------------------------ render --

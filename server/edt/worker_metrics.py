@@ -9,6 +9,7 @@ EDT processor of that process adds to one histogram:
 
     lengthwise_edt_applied_temperature_bucket{le=...}  sampled tokens per bucket
     lengthwise_edt_applied_temperature_sum / _count
+    process_*  (memory and CPU of this model-runner process)
 
 One observation per sampled token of a request that uses EDT (rows without EDT
 are not counted); 0 means the formula's floor made that step greedy. Recording
@@ -28,15 +29,19 @@ import logging
 import os
 import threading
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-import torch
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:  # torch is imported where tensors are handled: the gateway reads PORT_ENV
+    import torch
 
 log = logging.getLogger(__name__)
 
 PORT_ENV = "LENGTHWISE_EDT_METRICS_PORT"
+HOST_ENV = "LENGTHWISE_EDT_METRICS_HOST"
 METRIC_NAME = "lengthwise_edt_applied_temperature"
 # Applied temperatures lie in [0, T0] (EDT only cools); 0 = floored to greedy.
 TEMPERATURE_BUCKETS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0,
@@ -69,6 +74,8 @@ class AppliedTemperatureHistogram:
                           "counted in this process")
 
     def _accumulate(self, temperatures: torch.Tensor, weights: torch.Tensor | None) -> None:
+        import torch
+
         device = temperatures.device
         with self._lock:
             state = self._state.get(device)
@@ -143,10 +150,13 @@ def _start_from_environment() -> AppliedTemperatureHistogram | None:
     except ValueError:
         log.warning("EDT metrics off: %s=%r is not a TCP port", PORT_ENV, raw)
         return None
-    host = os.environ.get("LENGTHWISE_EDT_METRICS_HOST", "0.0.0.0")
+    host = os.environ.get(HOST_ENV, "0.0.0.0")
     histogram = AppliedTemperatureHistogram()
     registry = CollectorRegistry()
     registry.register(_HistogramCollector(histogram))
+    # This is the model-runner process, which holds the weights (and on CPU the KV cache):
+    # its memory is not in vLLM's own process_* metrics, which describe the API server.
+    ProcessCollector(registry=registry)
     try:
         start_http_server(port, addr=host, registry=registry)
     except OSError as exc:

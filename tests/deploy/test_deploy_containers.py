@@ -179,6 +179,12 @@ def test_prometheus_in_compose_scrapes_the_compose_services(deploy_dir):
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     assert jobs["lengthwise-gateway"]["static_configs"][0]["targets"] == ["gateway:8000"]
     assert jobs["vllm-worker"]["dns_sd_configs"][0]["names"] == ["vllm-worker"]
+    # The EDT processor's endpoint: the port every worker service is told to serve it on.
+    (edt_sd,) = jobs["lengthwise-edt"]["dns_sd_configs"]
+    assert edt_sd["names"] == ["vllm-worker"]
+    for name in ("worker-gpu", "worker-cpu"):
+        env = compose["services"][name]["environment"]
+        assert env["LENGTHWISE_EDT_METRICS_PORT"] == str(edt_sd["port"]), name
 
 
 # ------------------------------------------------------------- Dockerfile --

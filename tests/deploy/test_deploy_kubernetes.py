@@ -150,6 +150,12 @@ def test_worker_deployment_gpu_priority_edt_and_discovery(deploy_dir):
     annotations = pod["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"
     assert annotations["prometheus.io/port"] == str(port)
+    # The EDT processor serves its histogram on the named port the Service exposes.
+    edt_port = _named_port(container, "edt-metrics")
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["LENGTHWISE_EDT_METRICS_PORT"] == str(edt_port)
+    assert {"name": "edt-metrics", "port": edt_port, "targetPort": "edt-metrics",
+            "protocol": "TCP"} in service["spec"]["ports"]
 
 
 def test_prometheus_kubernetes_config_targets_the_headless_services(deploy_dir):
@@ -162,7 +168,9 @@ def test_prometheus_kubernetes_config_targets_the_headless_services(deploy_dir):
         assert ns == namespace
         service = _find(docs, "Service", service_name)
         assert service["spec"]["clusterIP"] == "None"
-        assert sd["port"] == service["spec"]["ports"][0]["port"]
+        assert sd["port"] in {p["port"] for p in service["spec"]["ports"]}, job["job_name"]
+    jobs = {job["job_name"] for job in prom["scrape_configs"]}
+    assert jobs == {"lengthwise-gateway", "vllm-worker", "lengthwise-edt"}
 
 
 def test_dashboards_configmap_is_labelled_for_the_grafana_sidecar(deploy_dir):

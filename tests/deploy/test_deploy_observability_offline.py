@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 from prometheus_client import CollectorRegistry
 
+from server.edt.worker_metrics import AppliedTemperatureHistogram, _HistogramCollector
 from server.metrics import GatewayMetrics
 
 
@@ -94,12 +95,40 @@ def _dashboards(deploy_dir: Path) -> list[dict]:
 
 def test_dashboards_cover_the_issue(deploy_dir):
     titles = {d["uid"]: {p["title"] for p in d["panels"]} for d in _dashboards(deploy_dir)}
-    assert {"lengthwise-gateway", "lengthwise-prediction", "lengthwise-worker-memory"} <= set(titles)
+    assert {"lengthwise-gateway", "lengthwise-prediction", "lengthwise-worker-memory",
+            "lengthwise-edt"} <= set(titles)
     overview = titles["lengthwise-gateway"]
     for needed in ("Request rate by status", "End-to-end latency", "Time to first token",
-                   "Time per output token", "Queue depth", "Queue wait by policy",
+                   "Time to first token inside vLLM (all requests)",
+                   "Time per output token", "Queue depth by policy", "Queue wait by policy",
                    "In flight per worker", "Worker health", "Tokens per second"):
         assert needed in overview
+    assert "Coverage of p90" in titles["lengthwise-prediction"]
+    assert "Resident memory by process" in titles["lengthwise-worker-memory"]
+    assert "Applied temperature distribution" in titles["lengthwise-edt"]
+
+
+def _panel(deploy_dir: Path, uid: str, title: str) -> dict:
+    (dashboard,) = [d for d in _dashboards(deploy_dir) if d["uid"] == uid]
+    (panel,) = [p for p in dashboard["panels"] if p["title"] == title and p["type"] != "row"]
+    return panel
+
+
+def test_panels_split_what_the_issue_asks_to_split(deploy_dir):
+    def exprs(uid: str, title: str) -> list[str]:
+        return [t["expr"] for t in _panel(deploy_dir, uid, title)["targets"]]
+
+    assert all("policy" in e for e in exprs("lengthwise-gateway", "Queue depth by policy"))
+    assert all("policy" in e for e in exprs("lengthwise-gateway", "Queue wait by policy"))
+    # Coverage: the ratio, and the 0.9 target drawn beside it.
+    coverage = exprs("lengthwise-prediction", "Coverage of p90")
+    assert "vector(0.9)" in coverage and any('covered="true"' in e for e in coverage)
+    # Gateway and worker memory side by side.
+    memory = " ".join(exprs("lengthwise-worker-memory", "Resident memory by process"))
+    for job in ("lengthwise-gateway", "vllm-worker", "lengthwise-edt"):
+        assert f'process_resident_memory_bytes{{job="{job}"}}' in memory
+    ttft = _panel(deploy_dir, "lengthwise-gateway", "Time to first token")
+    assert "Streaming requests only" in ttft["description"]
 
 
 def test_dashboards_are_well_formed(deploy_dir):
@@ -123,9 +152,11 @@ def test_dashboards_are_well_formed(deploy_dir):
 
 
 def test_dashboards_use_the_gateway_metric_names(deploy_dir):
-    """Every lengthwise_* name in a dashboard is one GatewayMetrics exposes."""
+    """Every lengthwise_* name in a dashboard is one GatewayMetrics or the EDT processor's
+    endpoint exposes."""
     registry = CollectorRegistry()
     GatewayMetrics(registry)
+    registry.register(_HistogramCollector(AppliedTemperatureHistogram()))
     exposed = set()
     for family in registry.collect():
         exposed.add(family.name)

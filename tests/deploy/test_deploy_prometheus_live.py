@@ -1,6 +1,7 @@
 """The observability stack for real: Debian's Prometheus scrapes the gateway
-(`lengthwise serve`, the console script the images run) and its real vLLM CPU
-worker with the project's own scrape configuration and rules; after some traffic
+(`lengthwise serve`, the console script the images run), its real vLLM CPU
+worker, and the EDT processor's endpoint inside that worker's model-runner
+process, with the project's own scrape configuration and rules; after some traffic
 every PromQL expression of every dashboard panel and every alert and recording
 rule is evaluated through Prometheus's HTTP API. Each must parse; each panel must
 return data.
@@ -30,7 +31,9 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
+from server.edt.worker_metrics import METRIC_NAME as EDT_TEMPERATURE
 from server.worker_process import free_port
 
 pytestmark = [pytest.mark.slow]
@@ -140,14 +143,31 @@ def gateway(vllm_worker, tmp_path_factory) -> Iterator[Gateway]:
         _stop(process)
 
 
-def _scrape_config(deploy_dir: Path, gateway: Gateway, worker_host_port: str) -> dict:
+def _edt_host_port(vllm_worker) -> str:
+    if not vllm_worker.edt_metrics_url:
+        pytest.fail("the test worker serves no EDT metrics: set "
+                    "LENGTHWISE_TEST_WORKER_EDT_METRICS_URL when reusing a worker", pytrace=False)
+    return urllib.parse.urlsplit(vllm_worker.edt_metrics_url).netloc
+
+
+def _edt_token_count(vllm_worker) -> float:
+    """Sampled tokens the EDT histogram has counted so far (scraped directly)."""
+    with urllib.request.urlopen(vllm_worker.edt_metrics_url, timeout=10) as resp:
+        text = resp.read().decode()
+    return next(s.value for f in text_string_to_metric_families(text) if f.name == EDT_TEMPERATURE
+                for s in f.samples if s.name == f"{EDT_TEMPERATURE}_count")
+
+
+def _scrape_config(deploy_dir: Path, gateway: Gateway, worker_host_port: str,
+                   edt_host_port: str) -> dict:
     """The committed Compose scrape config, with the targets of this test run."""
     config = yaml.safe_load((deploy_dir / "prometheus" / "prometheus.yml").read_text())
     config["global"]["scrape_interval"] = f"{SCRAPE_INTERVAL_S}s"
     config["global"]["evaluation_interval"] = f"{SCRAPE_INTERVAL_S}s"
     rules_dir = deploy_dir / "prometheus"
     config["rule_files"] = [str(rules_dir / pattern) for pattern in config["rule_files"]]
-    targets = {"lengthwise-gateway": gateway.host_port, "vllm-worker": worker_host_port}
+    targets = {"lengthwise-gateway": gateway.host_port, "vllm-worker": worker_host_port,
+               "lengthwise-edt": edt_host_port}
     for job in config["scrape_configs"]:
         for key in [k for k in job if k.endswith("_sd_configs")]:
             del job[key]
@@ -162,7 +182,8 @@ def prometheus(prometheus_binary, promtool, deploy_dir, gateway, vllm_worker,
     workdir = tmp_path_factory.mktemp("prometheus")
     worker_host_port = urllib.parse.urlsplit(vllm_worker.base_url).netloc
     config_path = workdir / "prometheus.yml"
-    config_path.write_text(yaml.safe_dump(_scrape_config(deploy_dir, gateway, worker_host_port)))
+    config_path.write_text(yaml.safe_dump(
+        _scrape_config(deploy_dir, gateway, worker_host_port, _edt_host_port(vllm_worker))))
     check = subprocess.run([promtool, "check", "config", str(config_path)],
                            check=False, capture_output=True, text=True, timeout=60)
     assert check.returncode == 0, check.stdout + check.stderr
@@ -196,11 +217,16 @@ PROMPTS = [
 ]
 
 
-def _send_traffic(gateway: Gateway, model: str) -> int:
-    """Chat and completions, streaming and not, a few at a time so that some wait
-    in the queue. Returns how many succeeded."""
+def _uses_edt(i: int) -> bool:
+    return i % 4 < 2  # half the requests, streaming and not, chat and completions
 
-    def one(i: int) -> bool:
+
+def _send_traffic(gateway: Gateway, model: str) -> tuple[int, int]:
+    """Chat and completions, streaming and not, half of them with EDT, a few at a time
+    so that some wait in the queue. Returns how many succeeded, and the completion
+    tokens of the EDT requests."""
+
+    def one(i: int) -> tuple[bool, int]:
         prompt = PROMPTS[i % len(PROMPTS)]
         max_tokens = (4, 8, 16)[(i // 2) % 3]
         stream = i % 2 == 0
@@ -210,32 +236,57 @@ def _send_traffic(gateway: Gateway, model: str) -> int:
             path, body = "/v1/chat/completions", {"messages": [{"role": "user", "content": prompt}]}
         body |= {"model": model, "max_tokens": max_tokens, "temperature": 0.7, "seed": i,
                  "stream": stream}
+        if _uses_edt(i):
+            body["edt"] = {"theta": 1.0, "n": 0.8}
         if stream:
             body["stream_options"] = {"include_usage": True}
         # Generous: on a loaded 2-core machine the last queued request waits for all.
         with httpx.Client(base_url=gateway.base_url, timeout=600) as client:
             if not stream:
-                return client.post(path, json=body).status_code == 200
-            with client.stream("POST", path, json=body) as resp:
-                lines = [line for line in resp.iter_lines() if line]
-                return resp.status_code == 200 and lines[-1] == "data: [DONE]"
+                resp = client.post(path, json=body)
+                ok = resp.status_code == 200
+                tokens = resp.json()["usage"]["completion_tokens"] if ok else 0
+            else:
+                with client.stream("POST", path, json=body) as resp:
+                    lines = [line for line in resp.iter_lines() if line]
+                ok = resp.status_code == 200 and lines[-1] == "data: [DONE]"
+                usage = json.loads(lines[-2][len("data: "):]).get("usage") if ok else None
+                tokens = usage["completion_tokens"] if usage else 0
+        return ok, tokens if _uses_edt(i) else 0
 
     with ThreadPoolExecutor(max_workers=4) as pool:
-        return sum(pool.map(one, range(REQUESTS)))
+        results = list(pool.map(one, range(REQUESTS)))
+    return sum(ok for ok, _ in results), sum(tokens for _, tokens in results)
+
+
+@dataclass(frozen=True)
+class Traffic:
+    start: float
+    end: float
+    edt_completion_tokens: int
+    edt_tokens_counted: float
 
 
 @pytest.fixture(scope="module")
-def traffic_window(gateway, prometheus, vllm_worker) -> tuple[float, float]:
+def traffic(gateway, prometheus, vllm_worker) -> Traffic:
     # Let Prometheus see every target up before the traffic starts.
     _wait_until(
-        lambda: len(prometheus.query("up == 1")["data"]["result"]) == 2, 30, "both targets up"
+        lambda: len(prometheus.query("up == 1")["data"]["result"]) == 3, 30, "all targets up"
     )
+    # The session's worker may have decoded EDT requests for other tests already.
+    edt_before = _edt_token_count(vllm_worker)
     start = time.time()
-    ok = _send_traffic(gateway, vllm_worker.model)
+    ok, edt_tokens = _send_traffic(gateway, vllm_worker.model)
     assert ok == REQUESTS, f"only {ok}/{REQUESTS} requests succeeded"
     # A few more scrapes and rule evaluations after the last request.
     time.sleep(4 * SCRAPE_INTERVAL_S)
-    return start - 2 * SCRAPE_INTERVAL_S, time.time()
+    return Traffic(start - 2 * SCRAPE_INTERVAL_S, time.time(), edt_tokens,
+                   _edt_token_count(vllm_worker) - edt_before)
+
+
+@pytest.fixture(scope="module")
+def traffic_window(traffic) -> tuple[float, float]:
+    return traffic.start, traffic.end
 
 
 # -------------------------------------------------------------- expressions --
@@ -346,7 +397,41 @@ def test_every_metric_the_dashboards_and_rules_use_is_scraped(prometheus, traffi
 
 def test_gateway_targets_answer_up(prometheus, traffic_window):
     up = {r["metric"]["job"]: r["value"][1] for r in prometheus.query("up")["data"]["result"]}
-    assert up == {"lengthwise-gateway": "1", "vllm-worker": "1"}
+    assert up == {"lengthwise-gateway": "1", "vllm-worker": "1", "lengthwise-edt": "1"}
+
+
+def test_edt_histogram_counts_every_token_of_the_edt_requests(traffic, prometheus):
+    """One observation per sampled token of a request with EDT, none for the others
+    (half the traffic runs without EDT at the same temperature)."""
+    assert traffic.edt_completion_tokens > 0
+    assert traffic.edt_tokens_counted == traffic.edt_completion_tokens
+    result = prometheus.query(f"sum({EDT_TEMPERATURE}_count)")["data"]["result"]
+    assert result and float(result[0]["value"][1]) >= traffic.edt_completion_tokens
+    # EDT only cools: every applied temperature is at most the requests' T0 = 0.7.
+    above = prometheus.query(
+        f'sum({EDT_TEMPERATURE}_count) - sum({EDT_TEMPERATURE}_bucket{{le="0.7"}})'
+    )["data"]["result"]
+    assert float(above[0]["value"][1]) == 0
+
+
+def test_edt_port_is_bound_by_the_model_runner_process_only(vllm_worker):
+    """vLLM's API server (the worker's own port) and its engine core do not bind the EDT
+    port: exactly one process listens on it, the one that runs the logits processors."""
+    import psutil
+
+    def listeners(port: int) -> set[int]:
+        return {c.pid for c in psutil.net_connections(kind="tcp")
+                if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
+                and c.pid is not None}
+
+    edt_port = urllib.parse.urlsplit(vllm_worker.edt_metrics_url).port
+    api_port = urllib.parse.urlsplit(vllm_worker.base_url).port
+    (edt_pid,) = listeners(edt_port)
+    (api_pid,) = listeners(api_port)
+    assert edt_pid != api_pid
+    # The model runner is a descendant of the API server (API server -> engine core
+    # -> executor worker on the CPU build), not the API server itself.
+    assert edt_pid in {p.pid for p in psutil.Process(api_pid).children(recursive=True)}
 
 
 # -------------------------------------------------------------------- plot --
