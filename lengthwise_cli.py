@@ -5,11 +5,11 @@ from __future__ import annotations
 import typer
 
 from predictor.cli import app as predictor_app
-from simulator.cli import app as simulate_app
-from server.cli import serve as serve_command
-from server.bench import app as bench_app
-from server.edt.cli import app as eval_app
 from predictor.profiling.cli import app as profile_app
+from server.bench import app as bench_app
+from server.cli import serve as serve_command
+from server.edt.cli import app as eval_app
+from simulator.cli import app as simulate_app
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 app.add_typer(predictor_app, name="predictor", help="Train, evaluate and query the length predictor.")

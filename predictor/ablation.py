@@ -7,7 +7,6 @@ held-out prompt group, with the same LightGBM parameters.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,6 +19,7 @@ from predictor.baselines import Baselines
 from predictor.cleaning import remove_degenerate
 from predictor.evaluate import evaluate
 from predictor.features import FeatureConfig, TextFeaturizer, prompt_targets
+from predictor.files import write_json_report
 from predictor.loader import load_castillo
 from predictor.ngram_encoder import NgramConfig
 from predictor.prompt_text import render_prompt
@@ -121,8 +121,7 @@ def run_ablation(source: Path | str | None = None, include_minilm: bool = True,
         })
         report = _report(results, held_out, train_rows, cleaning, params, baselines)
         if write_to is not None:
-            write_to.parent.mkdir(parents=True, exist_ok=True)
-            write_to.write_text(json.dumps(report, indent=2))
+            write_json_report(write_to, report)
     return report
 
 

@@ -18,10 +18,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
-import os
 import platform
-import shutil
-import tempfile
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,6 +30,7 @@ from predictor.baselines import Baselines
 from predictor.cleaning import remove_degenerate
 from predictor.errors import CastilloDataError
 from predictor.features import FeatureConfig
+from predictor.files import staged_directory
 from predictor.loader import load_castillo, prompt_group_mask
 from predictor.locations import cache_dir
 from predictor.train import TrainParams, train_length_model
@@ -95,10 +93,7 @@ def train_artifact(frame: pd.DataFrame, directory: Path | None = None, *, holdou
         raise CastilloDataError("no training rows left after the hold-out split and cleaning")
     result = train_length_model(cleaned, feature_config, params)
 
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
-    staging.chmod(0o755)  # mkdtemp makes it private; the artifact is for every local user
-    try:
+    with staged_directory(directory) as staging:
         result.model.save(staging)
         (staging / "baselines.json").write_text(json.dumps(Baselines.fit(cleaned).to_dict()))
         (staging / "train_prompt_ids.txt").write_text(
@@ -132,12 +127,6 @@ def train_artifact(frame: pd.DataFrame, directory: Path | None = None, *, holdou
             "libraries": _library_versions(),
         }
         (staging / META_FILE).write_text(json.dumps(meta, indent=2))
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(staging, directory)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     return directory
 
 

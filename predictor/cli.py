@@ -9,6 +9,8 @@ from typing import Annotated
 
 import typer
 
+from predictor.files import write_json_report
+
 app = typer.Typer(no_args_is_help=True, add_completion=False)
 
 
@@ -97,7 +99,7 @@ def evaluate_command(
                    "artifact_version": predictor.version,
                    "feature_set": predictor.meta.get("feature_set")})
     output_json.parent.mkdir(parents=True, exist_ok=True)
-    output_json.write_text(json.dumps(report, indent=2))
+    write_json_report(output_json, report)
     summary = {k: v for k, v in report.items() if k != "kendall_tau_by_model"}
     _print_json(summary)
 

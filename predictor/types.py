@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Protocol
 
 #: A prompt as a plain string or as OpenAI chat messages.
 PromptOrMessages = str | Sequence[dict]

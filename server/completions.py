@@ -196,11 +196,12 @@ class CompletionService:
                               code="invalid_value")
         if isinstance(parsed, CompletionRequest):
             prompts = parsed.prompt
-            if isinstance(prompts, list) and prompts and not isinstance(prompts[0], int):
-                if len(prompts) > self.cfg.max_prompts_per_request:
-                    raise bad_request(
-                        f"at most {self.cfg.max_prompts_per_request} prompts per request",
-                        param="prompt", code="invalid_value")
+            is_batch = (isinstance(prompts, list) and prompts
+                        and not isinstance(prompts[0], int))
+            if is_batch and len(prompts) > self.cfg.max_prompts_per_request:
+                raise bad_request(
+                    f"at most {self.cfg.max_prompts_per_request} prompts per request",
+                    param="prompt", code="invalid_value")
 
     async def _predict_async(
         self, endpoint: str, parsed: ChatCompletionRequest | CompletionRequest

@@ -231,7 +231,8 @@ def read_config_file(path: Path) -> dict[str, Any]:
     else:
         data = yaml.safe_load(text) or {}
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: the config file must hold a mapping of settings")
+        # ValueError, like every other config mistake, so the CLI reports it the same way.
+        raise ValueError(f"{path}: the config file must hold a mapping of settings")  # noqa: TRY004
     return data
 
 

@@ -26,10 +26,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 
+from predictor.files import write_json_report
 from predictor.locations import REPO_ROOT, reports_dir, shared_dir
 
 ARMS = ("vllm_direct", "gateway_fcfs", "gateway_sjf")
@@ -213,7 +214,7 @@ class GatewayProcess:
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def __enter__(self) -> GatewayProcess:
+    def __enter__(self) -> Self:
         log = self.log_path.open("wb")
         self.proc = subprocess.Popen(self.cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
@@ -313,7 +314,7 @@ def run_live_bench(
     report["prediction"] = _prediction_quality(all_results["gateway_sjf"])
     report["environment"] = {"worker_url": worker_url, "model": model,
                              "measured_at_unix": time.time()}
-    (out_dir / "live_bench.json").write_text(json.dumps(_finite(report), indent=2))
+    write_json_report(out_dir / "live_bench.json", report)
     _plot(all_results, out_dir / "live_bench.png")
     return report
 
@@ -333,17 +334,6 @@ def _prediction_quality(results: list[RequestResult]) -> dict[str, float | None]
         "mae_tokens": statistics.fmean(abs(p - a) for p, a in pairs),
         "actual_mean_tokens": statistics.fmean(actual),
     }
-
-
-def _finite(value: Any) -> Any:
-    """NaN/inf (an arm with no successful request) become JSON null."""
-    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
 
 
 def _plot(all_results: dict[str, list[RequestResult]], path: Path) -> None:
@@ -388,8 +378,8 @@ def measure_overhead(
     args = ["--policy", "sjf-aged", "--request-log", str(scratch / "overhead.requests.jsonl")]
     direct: list[float] = []
     via: list[float] = []
-    with GatewayProcess(worker_url, _free_port(), args, scratch / "overhead.gateway.log") as gw:
-        with httpx.Client(timeout=60, trust_env=False) as client:
+    with (GatewayProcess(worker_url, _free_port(), args, scratch / "overhead.gateway.log") as gw,
+          httpx.Client(timeout=60, trust_env=False) as client):
             for i in range(10):  # warm both paths and connections
                 client.post(f"{worker_url}/v1/chat/completions", json=body)
                 client.post(f"{gw.url}/v1/chat/completions", json=body)
@@ -412,5 +402,5 @@ def measure_overhead(
         "worker_url": worker_url,
     }
     log(json.dumps(result, indent=2))
-    (out_dir / "gateway_overhead.json").write_text(json.dumps(_finite(result), indent=2))
+    write_json_report(out_dir / "gateway_overhead.json", result)
     return result

@@ -14,13 +14,11 @@ Run it at set-up with ``python -m server.local_model``; it prints the folder.
 from __future__ import annotations
 
 import importlib.util
-import os
-import shutil
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from predictor.files import staged_directory
 from predictor.locations import cache_dir
 
 SERVED_MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -76,9 +74,7 @@ def convert_gguf(gguf_path: Path, target: Path) -> None:
     # Heavy imports stay here so importing this module is cheap.
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
+    with staged_directory(target) as staging:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
         model = AutoModelForCausalLM.from_pretrained(
             str(gguf_path.parent), gguf_file=gguf_path.name
@@ -93,13 +89,6 @@ def convert_gguf(gguf_path: Path, target: Path) -> None:
         if not (staging / "chat_template.jinja").exists() and tokenizer.chat_template:
             (staging / "chat_template.jinja").write_text(tokenizer.chat_template)
         (staging / DONE_MARKER).write_text(f"converted from {gguf_path.name}\n")
-        if target.exists():
-            shutil.rmtree(target)
-        staging.chmod(0o755)  # mkdtemp makes it owner-only; readers may be other users
-        os.replace(staging, target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
 
 
 def prepare_local_model(force: bool = False) -> LocalModel:

@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from predictor.files import write_json_report
+
 CHECKPOINTS = (200, 500, 1000)
 BENCH_SALT = "lengthwise-served-model-split"  # the served-model evaluation's split
 
@@ -184,16 +186,7 @@ def live(profile_dir: Path, worker_url: str, requests: int = 1000, window: int =
 def write_report(report: dict, output: Path) -> Path:
     output.parent.mkdir(parents=True, exist_ok=True)
 
-    def finite(value):
-        if isinstance(value, float) and not math.isfinite(value):
-            return None
-        if isinstance(value, dict):
-            return {k: finite(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [finite(v) for v in value]
-        return value
-
     existing = json.loads(output.read_text()) if output.exists() else {}
-    existing[report["mode"]] = finite(report)
-    output.write_text(json.dumps(existing, indent=2) + "\n")
+    existing[report["mode"]] = report
+    write_json_report(output, existing)
     return output

@@ -125,7 +125,7 @@ def _size(request: QueuedRequest) -> float:
     # A prediction below one token (or NaN from a broken model) must not let a
     # request jump the whole queue; clamp to one token.
     p = request.predicted_tokens
-    return p if p >= 1.0 else 1.0
+    return max(p, 1.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +169,7 @@ def engine_priority(key: SortKey, epoch: float) -> int:
     first element of our key in milliseconds since ``epoch`` keeps the same
     order inside the worker. Clamped to be non-negative.
     """
-    return max(0, int(round((key[0] - epoch) * 1000.0)))
+    return max(0, round((key[0] - epoch) * 1000.0))
 
 
 class QueueFull(Exception):
@@ -280,12 +280,10 @@ def can_admit(load: WorkerLoad, request: QueuedRequest, limits: AdmissionLimits)
         return False
     if limits.max_sequences is not None and load.in_flight_sequences >= limits.max_sequences:
         return False
-    if limits.max_predicted_tokens is not None and load.in_flight_sequences > 0:
-        # An idle worker always takes one request, so a prediction larger than
-        # the whole budget cannot wait forever.
-        if load.in_flight_predicted_tokens + _size(request) > limits.max_predicted_tokens:
-            return False
-    return True
+    # An idle worker always takes one request, so a prediction larger than
+    # the whole budget cannot wait forever.
+    return not (limits.max_predicted_tokens is not None and load.in_flight_sequences > 0
+                and load.in_flight_predicted_tokens + _size(request) > limits.max_predicted_tokens)
 
 
 def pick_worker(

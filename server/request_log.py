@@ -54,7 +54,7 @@ class RequestLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # Line-buffered: each record reaches the OS as one write, so a crash
         # leaves whole lines behind and concurrent readers see complete records.
-        self._file = open(self.path, "a", encoding="utf-8", buffering=1)
+        self._file = open(self.path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 (held open; closed in close())
 
     def write(self, record: RequestRecord) -> None:
         if self._file is None:

@@ -15,7 +15,6 @@ Run: ``lengthwise bench soak --worker http://127.0.0.1:8100 --duration-s 1800``.
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import time
 from collections import Counter
@@ -27,6 +26,7 @@ from typing import Any
 import httpx
 import psutil
 
+from predictor.files import write_json_report
 from predictor.locations import cache_dir, reports_dir
 from server.live_bench import GatewayProcess, _free_port, load_prompts, percentile
 
@@ -202,7 +202,7 @@ def run_soak(worker_url: str, model: str, s: SoakSettings, out_dir: Path | None 
         "gateway_retries_total": _metric_sum(metrics_text, "lengthwise_retries_total"),
     }
     path = out_dir / "soak.json"
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    write_json_report(path, report)
     log(f"ok {tally.ok}/{sent}, errors {dict(tally.errors)}, RSS slope {slope:.2f} MiB/h "
         f"(r^2 {r2:.2f}); wrote {path}")
     return report

@@ -130,12 +130,12 @@ def run(
         estimate = PointEstimate(point_estimate)
         base_policy = PolicyConfig(point_estimate=estimate, aging_s_per_token=aging_s_per_token)
         admission = AdmissionLimits(admission_max_seqs, admission_max_predicted_tokens)
-        engine_kwargs = dict(
-            max_num_seqs=max_num_seqs,
-            max_num_batched_tokens=max_num_batched_tokens,
-            kv_cache_tokens=kv_cache_tokens,
-            block_size=block_size,
-        )
+        engine_kwargs = {
+            "max_num_seqs": max_num_seqs,
+            "max_num_batched_tokens": max_num_batched_tokens,
+            "kv_cache_tokens": kv_cache_tokens,
+            "block_size": block_size,
+        }
         EngineConfig(**engine_kwargs)  # validate early
     except ValueError as exc:
         _fail(str(exc))

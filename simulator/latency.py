@@ -262,7 +262,7 @@ class OperatorTableModel:
         if table is None:
             keys, children = self._attention._root  # type: ignore[misc]
             lo, hi, w = _bracket(keys, 0.0)
-            kp_keys, kp_children = children[lo]
+            _kp_keys, kp_children = children[lo]
             n_keys, n_children = kp_children[0]
             lo, hi, w = _bracket(n_keys, float(nd))
             a, b = n_children[lo], n_children[hi]
@@ -364,7 +364,7 @@ class LinearStepModel:
         x = linear_features(batch)
         coefs = self._lo if self.knee_tokens is None or x[1] <= self.knee_tokens else self._hi
         t = sum(c * v for c, v in zip(coefs, x))
-        return t if t > 1e-6 else 1e-6
+        return max(1e-06, t)
 
     def describe(self) -> dict:
         return {"kind": "linear", **self.to_dict()}

@@ -278,8 +278,7 @@ class Replica:
         while i < len(running) and budget > 0:
             seq = running[i]
             n = seq.num_tokens - seq.num_computed
-            if n > budget:
-                n = budget
+            n = min(n, budget)
             need = (seq.num_computed + n + bs - 1) // bs - seq.num_blocks
             scheduled_self = True
             while need > free:
@@ -316,8 +315,7 @@ class Replica:
             while budget > 0 and len(waiting) and len(running) < max_seqs:
                 seq = waiting.peek()
                 n = seq.num_tokens - seq.num_computed
-                if n > budget:
-                    n = budget
+                n = min(n, budget)
                 need = (seq.num_computed + n + bs - 1) // bs - seq.num_blocks
                 if need > free:
                     break
@@ -354,8 +352,7 @@ class Replica:
             if c + 1 != s.num_tokens or c < s.prompt_tokens:
                 return now  # still prefilling
             left = s.output_tokens - s.num_generated
-            if left < min_left:
-                min_left = left
+            min_left = min(min_left, left)
             kv_sum += c + 1
             hist[c % bs] += 1
         max_skip = min_left - 1  # the step that emits someone's last token runs normally
@@ -394,8 +391,7 @@ class Replica:
         self.free_blocks = free
         self.num_steps += m
         self.generated_tokens += n * m
-        if total - free > self.peak_used_blocks:
-            self.peak_used_blocks = total - free
+        self.peak_used_blocks = max(self.peak_used_blocks, total - free)
         return t
 
     def _start_step(self, now: float, _payload: object = None) -> None:
@@ -423,8 +419,7 @@ class Replica:
                 prefill_ctx.append(c)
         dt = self.latency.step_time(BatchShape(prefill_chunks, prefill_ctx, num_decode, decode_kv))
         used = self.total_blocks - self.free_blocks
-        if used > self.peak_used_blocks:
-            self.peak_used_blocks = used
+        self.peak_used_blocks = max(self.peak_used_blocks, used)
         end = now + dt
         if self.record_steps:
             self.steps.append(StepRecord(now, end, sum(sched_n), len(self.running), used))

@@ -12,11 +12,12 @@ milliseconds in the summary):
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import numpy as np
+
+from predictor.files import write_json_report
 
 from .simulation import SimResult
 
@@ -137,7 +138,7 @@ def summarize(result: SimResult, extra: dict | None = None) -> dict:
 def write_json(summary: dict, path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(summary, indent=2, sort_keys=False) + "\n")
+    write_json_report(path, summary)
 
 
 def write_per_request(result: SimResult, path: str | Path) -> None:

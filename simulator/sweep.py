@@ -94,12 +94,12 @@ def run_sweep(
             label: [r["ttft_ms"]["mean"] / b["ttft_ms"]["mean"] for r, b in zip(rows, base)]
             for label, rows in results.items()
         }
-    for label in results:
+    for label, label_rows in results.items():
         oracle = f"{label}-oracle"
         if oracle in results:
             # 0 = as good as the oracle, 1 = no better than FCFS.
             gap = []
-            for r, o, b in zip(results[label], results[oracle], base or results[label]):
+            for r, o, b in zip(label_rows, results[oracle], base or label_rows):
                 span = b["e2e_ms"]["mean"] - o["e2e_ms"]["mean"]
                 # undefined when the oracle gains (almost) nothing over FCFS
                 meaningful = span > 0.01 * b["e2e_ms"]["mean"]
@@ -107,7 +107,7 @@ def run_sweep(
             report.setdefault("gap_to_oracle", {})[label] = {
                 "mean_e2e_ratio_to_oracle": [
                     r["e2e_ms"]["mean"] / o["e2e_ms"]["mean"]
-                    for r, o in zip(results[label], results[oracle])
+                    for r, o in zip(label_rows, results[oracle])
                 ],
                 "share_of_oracle_gain_missed": gap,
             }

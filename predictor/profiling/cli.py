@@ -8,6 +8,8 @@ from pathlib import Path
 
 import typer
 
+from predictor.files import write_json_report
+
 app = typer.Typer(no_args_is_help=True, add_completion=False, invoke_without_command=True,
                   help="Profile a served model CASTILLO-style: "
                        "lengthwise profile --target URL --model NAME --prompts FILE... --output DIR")
@@ -63,7 +65,7 @@ def profile(
     typer.echo(json.dumps(figures, indent=2))
     if summary_json:
         summary_json.parent.mkdir(parents=True, exist_ok=True)
-        summary_json.write_text(json.dumps(figures, indent=2) + "\n")
+        write_json_report(summary_json, figures)
 
 
 def _expand(paths: list[Path]) -> list[Path]:
@@ -87,7 +89,7 @@ def report(
     folder = (directory if directory.is_dir() else directory.parent) / "report"
     target = output or folder / "summary.json"
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(summary, indent=2) + "\n")
+    write_json_report(target, summary)
     if plots and summary["served_model"].get("prompts", 1):
         for path in write_plots(directory, folder, castillo):
             typer.echo(f"plot: {path}")
@@ -109,7 +111,7 @@ def evaluate(
     result = evaluate_served_model(directory, castillo, test_fraction)
     target = output or reports_dir() / "served_model_eval.json"
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(result, indent=2) + "\n")
+    write_json_report(target, result)
     typer.echo(json.dumps({k: result[k] for k in ("settings", "data")}, indent=2))
     typer.echo(f"wrote {target}")
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import typer
 
+from predictor.files import write_json_report
+
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 
 
@@ -99,7 +101,7 @@ def eval_edt_cost(
     with _worker(worker_url, model) as (url, served):
         report = run_cost_benchmark(url, served, cfg, progress=typer.echo)
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(report, indent=2) + "\n")
+    write_json_report(json_path, report)
     typer.echo(f"fixed {report['fixed_tok_s']} tok/s, EDT {report['edt_tok_s']} tok/s, "
                f"ratio {report['ratio']} (target >= {report['target_ratio']})")
     typer.echo(f"wrote {json_path}")

@@ -14,7 +14,7 @@ import statistics
 import time
 from dataclasses import dataclass
 
-from server.edt.workload import ChatJob, DOLLY_CATEGORIES, dolly_tasks, run_chat_jobs
+from server.edt.workload import DOLLY_CATEGORIES, ChatJob, dolly_tasks, run_chat_jobs
 
 TARGET_RATIO = 0.95
 

@@ -11,13 +11,13 @@ quality-diversity plot ``reports/edt_eval.png``.
 from __future__ import annotations
 
 import asyncio
-import json
 import platform
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from predictor.files import write_json_report
 from server.edt.metrics import SettingScores, score_setting
 from server.edt.params import DEFAULT_N, make_params
 from server.edt.workload import ChatJob, Task, dolly_tasks, run_chat_jobs
@@ -145,7 +145,7 @@ def evaluate(
             f"  {elapsed:5.0f} s"
         )
         if partial_path is not None:
-            partial_path.write_text(json.dumps({"partial": True, "settings": rows}, indent=2) + "\n")
+            write_json_report(partial_path, {"partial": True, "settings": rows})
     best_fixed = max((r for r in rows if r["kind"] == "fixed"), key=lambda r: r["tradeoff"])
     best_edt = max((r for r in rows if r["kind"] == "edt"), key=lambda r: r["tradeoff"])
     front = pareto_front(rows)
@@ -224,6 +224,6 @@ def plot(report: dict, path: Path) -> None:
 
 def write_report(report: dict, json_path: Path, png_path: Path | None) -> None:
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(report, indent=2) + "\n")
+    write_json_report(json_path, report)
     if png_path is not None:
         plot(report, png_path)

@@ -45,9 +45,10 @@ DISABLED = EdtParams()
 
 
 def _number(name: str, value: Any) -> float:
-    # bool is an int subclass; "true" is not a temperature exponent.
+    # bool is an int subclass; "true" is not a temperature exponent. ValueError on purpose:
+    # callers turn it into the API's 400 invalid_value error.
     if isinstance(value, bool):
-        raise ValueError(f"{name} must be a number, got {value!r}")
+        raise ValueError(f"{name} must be a number, got {value!r}")  # noqa: TRY004
     if isinstance(value, (int, float)):
         number = float(value)
     elif isinstance(value, str):
@@ -56,7 +57,7 @@ def _number(name: str, value: Any) -> float:
         except ValueError:
             raise ValueError(f"{name} must be a number, got {value!r}") from None
     else:
-        raise ValueError(f"{name} must be a number, got {value!r}")
+        raise ValueError(f"{name} must be a number, got {value!r}")  # noqa: TRY004
     if not math.isfinite(number):
         raise ValueError(f"{name} must be finite, got {value!r}")
     return number

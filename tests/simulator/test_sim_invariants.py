@@ -62,7 +62,7 @@ def test_conservation_holds_mid_run(runs):
 
 
 def test_timestamps_are_ordered(runs):
-    reqs, results = runs
+    _reqs, results = runs
     for _cfg, res in results:
         for rec in res.records:
             if rec.dropped:

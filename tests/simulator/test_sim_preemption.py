@@ -12,7 +12,7 @@ from simulator.trace import SimRequest
 # 8 blocks of 4 tokens. Each request holds 2 blocks after its prefill and
 # grows by one block every 4 tokens, so three of them run out of blocks
 # long before they finish.
-TIGHT = dict(kv_cache_tokens=32, block_size=4, max_num_seqs=8, max_num_batched_tokens=64)
+TIGHT = {"kv_cache_tokens": 32, "block_size": 4, "max_num_seqs": 8, "max_num_batched_tokens": 64}
 
 
 def _run(mode: EngineQueueMode, policy: PolicyName, preds: list[float]):

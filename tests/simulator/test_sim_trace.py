@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from predictor.locations import shared_dir
@@ -64,10 +66,10 @@ def test_gateway_request_log(tmp_path):
 
     log = RequestLog(tmp_path / "req.jsonl")
     log.open()
-    base = dict(endpoint="/v1/chat/completions", model="m", stream=True, n=1, max_tokens=None,
-                policy="sjf-aged", http_status=200, predicted_mean=40.0, predicted_p50=35.0,
-                predicted_p90=90.0, finish_reasons=["stop"], worker="w0", attempts=1,
-                queue_wait_s=0.0, ttft_s=0.1, e2e_s=1.0)
+    base = {"endpoint": "/v1/chat/completions", "model": "m", "stream": True, "n": 1, "max_tokens": None,
+                "policy": "sjf-aged", "http_status": 200, "predicted_mean": 40.0, "predicted_p50": 35.0,
+                "predicted_p90": 90.0, "finish_reasons": ["stop"], "worker": "w0", "attempts": 1,
+                "queue_wait_s": 0.0, "ttft_s": 0.1, "e2e_s": 1.0}
     log.write(RequestRecord(request_id="x", arrival_unix=1_700_000_010.0, status="ok",
                             prompt_tokens=12, predicted_tokens=40.0, completion_tokens=33, **base))
     log.write(RequestRecord(request_id="y", arrival_unix=1_700_000_000.0, status="ok",
@@ -118,7 +120,7 @@ def test_real_shared_traces(name, count):
     reqs = load_trace(path)
     assert len(reqs) == count
     assert reqs[0].arrival_time == 0.0
-    assert all(a.arrival_time <= b.arrival_time for a, b in zip(reqs, reqs[1:]))
+    assert all(a.arrival_time <= b.arrival_time for a, b in itertools.pairwise(reqs))
     assert 3000 < reqs[-1].arrival_time < 4000 or "mooncake" in name
     assert all(r.prompt_tokens >= 0 and r.output_tokens >= 1 for r in reqs)
 
