@@ -151,3 +151,18 @@ def test_histogram_weights_leave_rows_out_and_buckets_are_cumulative():
     for bound, want in _expected(kept).items():
         assert buckets[repr(bound)] == want
     assert buckets["+Inf"] == 5
+
+
+def test_worker_config_passes_the_port_only_when_configured(monkeypatch, tmp_path):
+    from server.worker_process import WorkerConfig
+
+    monkeypatch.setenv(PORT_ENV, "1234")  # inherited from the caller: never passed on
+    plain = WorkerConfig(model_path=tmp_path)
+    assert PORT_ENV not in plain.environment() and plain.edt_metrics_url is None
+    served = WorkerConfig(model_path=tmp_path, host="127.0.0.1", edt_metrics_port=9555)
+    env = served.environment()
+    assert env[PORT_ENV] == "9555" and env["LENGTHWISE_EDT_METRICS_HOST"] == "127.0.0.1"
+    assert served.edt_metrics_url == "http://127.0.0.1:9555/metrics"
+    # Without the EDT processor there is nothing to serve the port.
+    assert WorkerConfig(model_path=tmp_path, logits_processors=(),
+                        edt_metrics_port=9555).edt_metrics_url is None
