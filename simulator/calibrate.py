@@ -14,8 +14,24 @@ The sweep measures two kinds of step from the client side, with streaming:
   one single-sequence decode step.
 
 Prompts are random token ids (sent as a token-id list, so lengths are exact)
-and unique per request, so vLLM's prefix cache cannot shorten a prefill.
-The measurements are fitted with :func:`simulator.latency.fit_linear`.
+and unique per request, so vLLM's prefix cache cannot shorten a prefill
+whether or not the worker enables it. The measurements are fitted with
+:func:`simulator.latency.fit_linear`.
+
+The probes sample like the live benchmark (``server/live_bench.py``:
+temperature 0.7, top-p 0.95, a seed per request), because on a CPU worker
+sampling is part of every step: a seeded request takes vLLM's per-request
+generator path and top-p sorts the vocabulary.
+
+**Per-request overhead.** What a live request pays outside the engine's steps
+is measured on the path live traffic takes: streamed ``/v1/chat/completions``
+requests with a short message (chat template and tokenisation in the API
+server, detokenisation and SSE on the way out). ``pre_engine_s`` = their TTFT
+minus the fitted prefill step of their (templated) prompt, as vLLM's usage
+counts it; ``post_engine_s`` = end of the response minus the last token. The
+simulator replays them as a dispatch delay and a response delay per request
+(``SimConfig.dispatch_delay_s`` / ``response_delay_s``). The gateway's own
+hop is not in them (the probes go straight to the worker).
 """
 
 from __future__ import annotations
@@ -25,7 +41,8 @@ import json
 import random
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from .latency import BatchShape, LinearStepModel, fit_linear
 
@@ -40,6 +57,14 @@ class CalibrationPlan:
     repeats: int = 2
     #: token ids are drawn from this range (inside any common vocabulary)
     token_id_range: tuple[int, int] = (1000, 20000)
+    #: sampling of every probe (the live benchmark's; None = greedy)
+    temperature: float = 0.7
+    top_p: float = 0.95
+    #: send a distinct ``seed`` with every probe, as the live benchmark does
+    seeded: bool = True
+    #: chat requests that size the per-request overhead (0 = skip)
+    overhead_probes: int = 6
+    overhead_probe_tokens: int = 8
 
 
 @dataclass
@@ -49,10 +74,49 @@ class Measurement:
     seconds: float
 
 
+@dataclass(frozen=True)
+class RequestOverhead:
+    """Per-request time outside the engine's steps (seconds); see the module docstring."""
+
+    pre_engine_s: float = 0.0
+    post_engine_s: float = 0.0
+    source: str = "none"
+
+    def to_dict(self) -> dict:
+        return {"pre_engine_s": self.pre_engine_s, "post_engine_s": self.post_engine_s,
+                "source": self.source}
+
+
+def load_request_overhead(path: str | Path) -> RequestOverhead | None:
+    """The overhead a calibration file holds, or ``None`` (e.g. a table-fitted model)."""
+    data = json.loads(Path(path).read_text()).get("request_overhead")
+    if not data:
+        return None
+    return RequestOverhead(float(data["pre_engine_s"]), float(data["post_engine_s"]),
+                           str(data.get("source", path)))
+
+
 @dataclass
 class CalibrationResult:
     model: LinearStepModel
     measurements: list[Measurement]
+    overhead: RequestOverhead | None = None
+    plan: CalibrationPlan | None = None
+    overhead_samples: list[dict] = field(default_factory=list)
+
+    def save(self, path: str | Path) -> None:
+        """The linear model (loadable by ``load_cost_model``) plus the request overhead."""
+        doc = {"kind": "linear", **self.model.to_dict()}
+        if self.overhead is not None:
+            doc["request_overhead"] = self.overhead.to_dict()
+        if self.plan is not None:
+            doc["calibration"] = {
+                "plan": asdict(self.plan),
+                "prefix_cache": "cannot hit: every probe prompt is unique random token ids",
+                "overhead_samples": self.overhead_samples,
+            }
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(doc, indent=2) + "\n")
 
     def table(self) -> list[dict]:
         return [
@@ -93,6 +157,13 @@ class _Client:
         lo, hi = self.plan.token_id_range
         return [self.rng.randrange(lo, hi) for _ in range(n)]
 
+    def sampling(self) -> dict:
+        plan = self.plan
+        body: dict = {"temperature": plan.temperature, "top_p": plan.top_p}
+        if plan.seeded:
+            body["seed"] = self.rng.randrange(1, 2**31)
+        return body
+
     async def stream(self, prompt_len: int, max_tokens: int) -> tuple[float, list[float]]:
         """Send one request; returns (start, arrival times of each streamed token)."""
         body = {
@@ -101,12 +172,35 @@ class _Client:
             "max_tokens": max_tokens,
             "min_tokens": max_tokens,
             "ignore_eos": True,
-            "temperature": 0.0,
             "stream": True,
+            **self.sampling(),
         }
+        start, stamps, _end, _usage = await self._sse(
+            "/v1/completions", body, lambda c: c.get("text") is not None)
+        return start, stamps
+
+    async def chat(self, max_tokens: int) -> tuple[float, list[float], float, dict]:
+        """One streamed chat request like live traffic: (start, token stamps, end, usage)."""
+        nonce = self.rng.randrange(10**6)
+        body = {
+            "model": self.model,
+            "messages": [{"role": "user", "content": f"Count from {nonce} upwards."}],
+            "max_tokens": max_tokens,
+            "min_tokens": max_tokens,
+            "ignore_eos": True,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            **self.sampling(),
+        }
+        # Any chunk with a choice counts, as the gateway's TTFT does (the role chunk
+        # is sent with the first token).
+        return await self._sse("/v1/chat/completions", body, lambda c: True)
+
+    async def _sse(self, path: str, body: dict, is_token) -> tuple[float, list[float], float, dict]:
         start = time.perf_counter()
         stamps: list[float] = []
-        async with self.http.stream("POST", f"{self.base}/v1/completions", json=body) as resp:
+        usage: dict = {}
+        async with self.http.stream("POST", f"{self.base}{path}", json=body) as resp:
             if resp.status_code != 200:
                 text = (await resp.aread()).decode(errors="replace")[:300]
                 raise RuntimeError(f"worker answered HTTP {resp.status_code}: {text}")
@@ -117,10 +211,12 @@ class _Client:
                 if payload == "[DONE]":
                     break
                 chunk = json.loads(payload)
+                if chunk.get("usage"):
+                    usage = chunk["usage"]
                 choices = chunk.get("choices") or []
-                if choices and choices[0].get("text") is not None:
+                if choices and is_token(choices[0]):
                     stamps.append(time.perf_counter())
-        return start, stamps
+        return start, stamps, time.perf_counter(), usage
 
     async def close(self) -> None:
         await self.http.aclose()
@@ -176,7 +272,41 @@ async def _calibrate(base_url: str, plan: CalibrationPlan, model: str | None,
         [m.seconds for m in measurements],
         source=f"calibrated against {base_url} (model {client.model})",
     )
-    return CalibrationResult(fitted, measurements)
+    overhead, samples = None, []
+    if plan.overhead_probes > 0:
+        client = _Client(base_url, client.model, plan)
+        try:
+            overhead, samples = await _request_overhead(client, fitted, plan)
+        finally:
+            await client.close()
+    return CalibrationResult(fitted, measurements, overhead, plan, samples)
+
+
+async def _request_overhead(
+    client: _Client, model: LinearStepModel, plan: CalibrationPlan
+) -> tuple[RequestOverhead | None, list[dict]]:
+    """Chat requests one at a time: TTFT minus the modelled prefill, and the response tail."""
+    samples = []
+    for _ in range(plan.overhead_probes):
+        start, stamps, end, usage = await client.chat(plan.overhead_probe_tokens)
+        prompt = int(usage.get("prompt_tokens") or 0)
+        if not stamps or prompt < 1:
+            continue
+        prefill = model.step_time(BatchShape([prompt], [0], 0, 0))
+        samples.append({
+            "prompt_tokens": prompt,
+            "ttft_s": stamps[0] - start,
+            "modelled_prefill_s": prefill,
+            "pre_engine_s": stamps[0] - start - prefill,
+            "post_engine_s": end - stamps[-1],
+        })
+    if not samples:
+        return None, samples
+    return RequestOverhead(
+        pre_engine_s=max(0.0, statistics.median(x["pre_engine_s"] for x in samples)),
+        post_engine_s=max(0.0, statistics.median(x["post_engine_s"] for x in samples)),
+        source=f"median of {len(samples)} streamed chat requests at batch 1",
+    ), samples
 
 
 async def _decode_step(

@@ -2,7 +2,8 @@
 
 ``lengthwise simulate TRACE [options]`` runs one simulation (``run`` is the
 default subcommand); ``calibrate`` fits a step-time model to a live vLLM
-worker; ``fit-cost-model`` fits the linear model to an operator table.
+worker; ``fit-cost-model`` fits the linear model to an operator table;
+``fidelity`` replays a live run's gateway request logs and compares latencies.
 """
 
 from __future__ import annotations
@@ -361,22 +362,135 @@ def calibrate(
     prompt_tokens: Annotated[str, typer.Option()] = "32,256,768",
     decode_tokens: Annotated[int, typer.Option(help="max_tokens per request in decode runs")] = 24,
     timeout_s: Annotated[float, typer.Option()] = 240.0,
+    temperature: Annotated[float, typer.Option(
+        help="Sampling temperature of the probes (the live benchmark's)")] = 0.7,
+    top_p: Annotated[float, typer.Option(help="top-p of the probes (the live benchmark's)")] = 0.95,
+    seeded: Annotated[bool, typer.Option(
+        help="A distinct seed per probe, as the live benchmark sends")] = True,
+    overhead_probes: Annotated[int, typer.Option(
+        help="Streamed chat requests that measure the per-request overhead (0 = skip)")] = 6,
 ) -> None:
-    """Measure a live worker over a short sweep of batch shapes and fit the step model."""
+    """Measure a live worker over a short sweep of batch shapes and fit the step model.
+
+    Also measures the per-request overhead outside engine steps (chat template,
+    tokenisation, HTTP, response tail); ``simulate fidelity`` replays it.
+    """
     from .calibrate import CalibrationPlan, run_calibration
 
     plan = CalibrationPlan(
         batch_sizes=[int(x) for x in _parse_floats(batch_sizes)],
         prompt_tokens=[int(x) for x in _parse_floats(prompt_tokens)],
         decode_tokens=decode_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        seeded=seeded,
+        overhead_probes=overhead_probes,
     )
     try:
         result = run_calibration(worker, plan, model=model, budget_s=timeout_s)
     except (OSError, ValueError, RuntimeError) as exc:
         _fail(f"calibration failed: {exc}")
-    result.model.save(output)
-    typer.echo(json.dumps({"model": result.model.to_dict(), "measurements": result.table()},
-                          indent=2))
+    result.save(output)
+    typer.echo(json.dumps({
+        "model": result.model.to_dict(),
+        "request_overhead": result.overhead.to_dict() if result.overhead else None,
+        "measurements": result.table(),
+    }, indent=2))
+
+
+class ArrivalsChoice(StrEnum):
+    BURST = "burst"
+    LOGGED = "logged"
+
+
+@app.command("fidelity")
+def fidelity(
+    logs: Annotated[list[Path], typer.Argument(
+        help="Gateway request logs of a live run, one per arm (bench live writes "
+             "$TMPDIR/lengthwise-bench/gateway_{fcfs,sjf}.requests.jsonl)")],
+    cost_model: Annotated[Path, typer.Option(
+        help="Step model from `simulate calibrate` on the same worker")],
+    num_layers: Annotated[int | None, typer.Option(help="Only for operator tables")] = None,
+    client_arrivals: Annotated[ArrivalsChoice, typer.Option(
+        help="burst: the client sent all requests at once (bench live --arrivals burst); "
+             "logged: replay the logged queue-entry times (Poisson runs)")] = ArrivalsChoice.BURST,
+    max_num_seqs: Annotated[int | None, typer.Option(
+        help="Worker --max-num-seqs (default: scripts/bench_worker.py's 16)")] = None,
+    max_num_batched_tokens: Annotated[int | None, typer.Option(
+        help="Worker token budget (default: max(max_model_len, 2048), chunked prefill off)")] = None,
+    kv_cache_tokens: Annotated[int | None, typer.Option(
+        help="Worker KV capacity in tokens (its log: 'KV cache size')")] = None,
+    block_size: Annotated[int | None, typer.Option(help="KV block size (vLLM CPU: 128)")] = None,
+    max_model_len: Annotated[int | None, typer.Option(help="Worker --max-model-len")] = None,
+    chunked_prefill: Annotated[bool | None, typer.Option(
+        "--chunked-prefill/--no-chunked-prefill",
+        help="Worker chunked prefill (default: WorkerConfig's, off)")] = None,
+    engine_queue: Annotated[EngineQueueChoice, typer.Option(
+        help="Worker --scheduling-policy (auto: WorkerConfig's, priority)")] = EngineQueueChoice.AUTO,
+    admission_max_seqs: Annotated[int | None, typer.Option(
+        help="Gateway --max-sequences-per-worker of the live run (default: bench live's)")] = None,
+    aging_s_per_token: Annotated[float | None, typer.Option(
+        help="sjf-aged aging of the live run (default: bench live's)")] = None,
+    request_overhead_ms: Annotated[float | None, typer.Option(
+        help="Per-request time before the engine (default: the cost model's "
+             "request_overhead.pre_engine_s, else 0)")] = None,
+    response_overhead_ms: Annotated[float | None, typer.Option(
+        help="Per-request time after the last token (default: request_overhead.post_engine_s)")
+    ] = None,
+    gateway_overhead_ms: Annotated[float, typer.Option(
+        help="The gateway's own hop per request (bench overhead: paired_overhead_p50_ms)")] = 0.0,
+    tolerance: Annotated[float, typer.Option(help="Allowed |relative error| of the means")] = 0.10,
+    output_json: Annotated[Path, typer.Option()] = Path("reports/sim_fidelity_cpu.json"),
+    strict: Annotated[bool, typer.Option(help="Exit 1 when an arm misses the tolerance")] = False,
+) -> None:
+    """Replay a live run's gateway logs through the simulator; compare E2E and TTFT."""
+    from dataclasses import replace
+
+    from predictor.files import write_json_report
+    from server.policy import EngineQueueMode
+
+    from .calibrate import RequestOverhead, load_request_overhead
+    from .fidelity import ClientArrivals, LiveSetup, format_table, run_fidelity
+    from .latency import load_cost_model
+
+    try:
+        latency = load_cost_model(cost_model, num_layers)
+        setup = LiveSetup.bench_defaults(client_arrivals=ClientArrivals(client_arrivals.value),
+                                         tolerance=tolerance,
+                                         gateway_overhead_s=gateway_overhead_ms / 1000.0)
+        engine_changes = {k: v for k, v in {
+            "max_num_seqs": max_num_seqs, "max_num_batched_tokens": max_num_batched_tokens,
+            "kv_cache_tokens": kv_cache_tokens, "block_size": block_size,
+            "chunked_prefill": chunked_prefill,
+        }.items() if v is not None}
+        if engine_queue != EngineQueueChoice.AUTO:
+            engine_changes["queue_mode"] = EngineQueueMode(engine_queue.value)
+        if max_model_len is not None:
+            setup = replace(setup, max_model_len=max_model_len)
+            if max_num_batched_tokens is None and not setup.engine.chunked_prefill:
+                engine_changes["max_num_batched_tokens"] = max(max_model_len, 2048)
+        setup = replace(setup, engine=replace(setup.engine, **engine_changes))
+        if admission_max_seqs is not None:
+            setup = replace(setup, admission_max_sequences=admission_max_seqs)
+        if aging_s_per_token is not None:
+            setup = replace(setup, aging_s_per_token=aging_s_per_token)
+        measured = (load_request_overhead(cost_model) if cost_model.suffix == ".json" else None
+                    ) or RequestOverhead()
+        overhead = RequestOverhead(
+            measured.pre_engine_s if request_overhead_ms is None else request_overhead_ms / 1000,
+            measured.post_engine_s if response_overhead_ms is None else response_overhead_ms / 1000,
+            measured.source if request_overhead_ms is None and response_overhead_ms is None
+            else "command line",
+        )
+        setup = replace(setup, overhead=overhead)
+        report = run_fidelity(logs, latency, setup)
+    except (OSError, ValueError, KeyError) as exc:
+        _fail(str(exc))
+    write_json_report(output_json, report)
+    typer.echo(format_table(report))
+    typer.echo(f"wrote {output_json}")
+    if strict and not report["pass"]:
+        raise typer.Exit(1)
 
 
 _RTX_TABLES = "costmodels/llmservingsim_rtxpro6000_llama31_8b"

@@ -23,6 +23,7 @@ from server.policy import (
     pick_worker,
 )
 
+from .events import EventLoop, Phase
 from .replica import Replica, Seq
 from .trace import SimRequest
 
@@ -39,6 +40,8 @@ class RequestRecord:
     priority: int | None = None
     seq: Seq | None = None
     dropped: str | None = None
+    #: when the client saw the response end: engine completion + ``response_delay_s``
+    completion_time: float | None = None
 
 
 class SimGateway:
@@ -51,7 +54,21 @@ class SimGateway:
         replicas: list[Replica],
         max_model_tokens: int,
         epoch: float = 0.0,
+        loop: EventLoop | None = None,
+        dispatch_delay_s: float = 0.0,
+        response_delay_s: float = 0.0,
     ) -> None:
+        """``dispatch_delay_s``: from the gateway's dispatch to the request being in
+        the engine's waiting queue (HTTP, chat template, tokenisation);
+        ``response_delay_s``: from the engine's last token to the end of the
+        response, when the gateway frees the worker slot. Both need ``loop``."""
+        if (dispatch_delay_s or response_delay_s) and loop is None:
+            raise ValueError("request delays need the event loop")
+        if dispatch_delay_s < 0 or response_delay_s < 0:
+            raise ValueError("request delays must be non-negative")
+        self.loop = loop
+        self.dispatch_delay_s = dispatch_delay_s
+        self.response_delay_s = response_delay_s
         self.queue = queue
         self.limits = limits
         self.replicas = {r.worker_id: r for r in replicas}
@@ -124,20 +141,35 @@ class SimGateway:
             load.in_flight_predicted_tokens + qr.predicted_tokens,
         )
         req = record.request
+        at_engine = now + self.dispatch_delay_s
         # vLLM needs at least one prompt token (traces may record 0)
-        seq = Seq(req.request_id, max(1, req.prompt_tokens), req.output_tokens, priority, now,
-                  record)
+        seq = Seq(req.request_id, max(1, req.prompt_tokens), req.output_tokens, priority,
+                  at_engine, record)
         record.dispatch_time = now
         record.worker_id = worker_id
         record.priority = priority
         record.seq = seq
         self.dispatch_order.append(qr.request_id)
-        self.replicas[worker_id].add_request(seq, now)
+        replica = self.replicas[worker_id]
+        if self.dispatch_delay_s and self.loop is not None:
+            self.loop.schedule(at_engine, Phase.ARRIVAL,
+                               lambda t, s: replica.add_request(s, t), seq)
+        else:
+            replica.add_request(seq, now)
 
     def _on_finish(self, replica: Replica, seq: Seq, now: float) -> None:
+        if self.response_delay_s and self.loop is not None:
+            self.loop.schedule(now + self.response_delay_s, Phase.STEP_END,
+                               lambda t, s: self._release(replica.worker_id, s, t), seq)
+        else:
+            self._release(replica.worker_id, seq, now)
+
+    def _release(self, worker_id: str, seq: Seq, now: float) -> None:
+        """The response has ended: free the worker slot and dispatch the next request."""
         record: RequestRecord = seq.payload  # type: ignore[assignment]
-        load = self._loads[replica.worker_id]
-        self._loads[replica.worker_id] = WorkerLoad(
+        record.completion_time = now
+        load = self._loads[worker_id]
+        self._loads[worker_id] = WorkerLoad(
             load.worker_id,
             load.healthy,
             load.in_flight_sequences - 1,

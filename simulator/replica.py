@@ -64,6 +64,10 @@ class EngineConfig:
     block_size: int = 16
     #: ``--scheduling-policy``: waiting-queue order and preemption victim choice
     queue_mode: EngineQueueMode = EngineQueueMode.FCFS
+    #: ``--enable-chunked-prefill``; when off, a waiting request whose whole
+    #: prefill exceeds the remaining token budget stops admission for this step
+    #: (vLLM breaks out of the waiting loop instead of chunking it)
+    chunked_prefill: bool = True
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1 or self.max_num_batched_tokens < 1 or self.block_size < 1:
@@ -315,6 +319,8 @@ class Replica:
             while budget > 0 and len(waiting) and len(running) < max_seqs:
                 seq = waiting.peek()
                 n = seq.num_tokens - seq.num_computed
+                if n > budget and not cfg.chunked_prefill:
+                    break
                 n = min(n, budget)
                 need = (seq.num_computed + n + bs - 1) // bs - seq.num_blocks
                 if need > free:

@@ -33,6 +33,11 @@ class SimConfig:
     record_steps: bool = False
     #: advance steady pure-decode stretches in one pass (exact; see replica.py)
     fast_forward: bool = True
+    #: per-request time from gateway dispatch to the engine's waiting queue
+    #: (HTTP, chat template, tokenisation; ``simulate calibrate`` measures it)
+    dispatch_delay_s: float = 0.0
+    #: per-request time from the engine's last token to the end of the response
+    response_delay_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -84,7 +89,9 @@ def run_simulation(
     ]
     queue = PolicyQueue(make_policy(config.policy), capacity=config.queue_capacity)
     max_len = config.max_model_len or config.engine.num_blocks * config.engine.block_size
-    gateway = SimGateway(queue, config.admission, replicas, max_model_tokens=max_len)
+    gateway = SimGateway(queue, config.admission, replicas, max_model_tokens=max_len,
+                         loop=loop, dispatch_delay_s=config.dispatch_delay_s,
+                         response_delay_s=config.response_delay_s)
     records = []
     seen: set[str] = set()
     for req, pred in zip(requests, predicted_tokens):
@@ -93,7 +100,8 @@ def run_simulation(
         seen.add(req.request_id)
         record = RequestRecord(req, float(pred))
         records.append(record)
-        loop.schedule(req.arrival_time, Phase.ARRIVAL, gateway.on_arrival, record)
+        loop.schedule(req.arrival_time + req.gateway_delay_s, Phase.ARRIVAL, gateway.on_arrival,
+                      record)
     if progress is None:
         loop.run()
     else:

@@ -37,6 +37,9 @@ class SimRequest:
     predicted_tokens: float | None = None
     prompt_text: str | None = None
     model: str | None = None
+    #: seconds between the client's arrival and the request entering the gateway's
+    #: queue (the live gateway predicts first); latencies still count from ``arrival_time``
+    gateway_delay_s: float = 0.0
 
 
 class TraceFormatError(ValueError):

@@ -1,0 +1,392 @@
+"""Fidelity: replay a live run's request logs through the simulator and compare latencies.
+
+``lengthwise bench live`` runs the real gateway (``fcfs`` and ``sjf`` arms) in
+front of one vLLM CPU worker (``scripts/bench_worker.py``); each gateway arm
+writes a JSONL request log. For every log this module replays *exactly those
+requests* through the simulated gateway and engine and compares mean / p50 /
+p90 E2E and TTFT with what the gateway measured. The issue's target: mean E2E
+and mean TTFT within 10 %.
+
+What is replayed, and why (nothing here is fitted to the live numbers):
+
+* **Requests.** Prompt tokens as vLLM's usage counted them (the chat template
+  is already inside), the actual completion tokens, the logged point
+  prediction (``predicted_tokens``, so ``sjf`` orders as the live gateway
+  did), the policy named in the records, the same admission limit and aging.
+* **Engine.** The bench worker's settings (:func:`bench_worker_engine`): 16
+  sequences, chunked prefill off (budget = ``max_model_len``), vLLM's
+  priority queue (the gateway passes its rank as ``priority``), CPU block size
+  128. The step cost is the model ``simulate calibrate`` fitted on that worker.
+* **Per-request overhead** (not part of any engine step): HTTP, chat template
+  and tokenisation before the engine, detokenisation/SSE and the response tail
+  after it. ``simulate calibrate`` measures it on the chat path
+  (:class:`simulator.calibrate.RequestOverhead`); it is replayed as a dispatch
+  delay (the request reaches the engine's queue that much after the gateway
+  dispatches it) and a response delay (the gateway frees the slot and the
+  client sees the end that much after the last token). The gateway's own hop
+  is an explicit extra (``gateway_overhead_s``; ``lengthwise bench overhead``
+  measures it).
+* **Clock origin.** The gateway's ``ttft_s`` / ``e2e_s`` count from the moment
+  its handler started, *before* the length prediction, but ``arrival_unix`` is
+  stamped *after* it (the queue entry). With ``client_arrivals="burst"`` (the
+  client sent every request at once, as ``bench live --arrivals burst`` does)
+  every request is replayed as arriving at t = 0, in log order, and enters the
+  queue at its logged ``arrival_unix`` offset: the prediction delay is replayed
+  and counted, as live. With ``"logged"`` (Poisson runs) requests arrive at
+  their ``arrival_unix`` offsets; the prediction time is then not in the
+  simulated latencies (it is not logged), a small bias at low load.
+* **TTFT** is compared on the streaming requests only (the gateway measures it
+  only there); E2E on every request that finished normally.
+
+Not modelled (say so when a result misses): CPU contention between the gateway
+(predictor, SSE relay) and the worker on a small machine, and sampling-time
+differences between calibration probes and live requests beyond what the
+probes' sampling settings reproduce.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from enum import StrEnum
+from pathlib import Path
+
+import numpy as np
+
+from server.policy import (
+    AdmissionLimits,
+    EngineQueueMode,
+    PointEstimate,
+    PolicyConfig,
+    PolicyName,
+)
+from server.request_log import read_request_log
+
+from .calibrate import RequestOverhead
+from .latency import StepLatencyModel
+from .replica import EngineConfig
+from .simulation import SimConfig, SimResult, run_simulation
+from .trace import SimRequest
+
+#: ``scripts/bench_worker.py`` runs ``WorkerConfig(max_num_seqs=16)``.
+BENCH_WORKER_MAX_NUM_SEQS = 16
+#: vLLM's CPU platform default block size (``vllm/platforms/cpu.py``).
+CPU_BLOCK_SIZE = 128
+#: ``VLLM_CPU_KVCACHE_SPACE`` = 2 GiB over SmolLM2-135M's KV bytes per token in bf16
+#: (30 layers x 2 x 3 KV heads x 64 dims x 2 bytes = 23,040), whole 128-token
+#: blocks. The worker log prints the real figure ("KV cache size: N tokens"); the
+#: bench workload (16 sequences of at most a few hundred tokens) never fills it.
+BENCH_KV_CACHE_TOKENS = (2 * 2**30 // 23_040) // CPU_BLOCK_SIZE * CPU_BLOCK_SIZE
+#: spacing of same-instant client arrivals in burst mode: keeps the log's order
+#: as the FCFS / deadline tie-break without moving anything measurably
+_BURST_SPACING_S = 1e-6
+
+
+class ClientArrivals(StrEnum):
+    BURST = "burst"
+    LOGGED = "logged"
+
+
+def _worker_default(name: str):
+    from server.worker_process import WorkerConfig
+
+    return next(f.default for f in fields(WorkerConfig) if f.name == name)
+
+
+def bench_worker_engine() -> tuple[EngineConfig, int]:
+    """The engine settings of ``scripts/bench_worker.py`` and its ``max_model_len``.
+
+    Read from ``server.worker_process.WorkerConfig``'s defaults so a change there
+    follows here: with chunked prefill off the worker raises
+    ``max_num_batched_tokens`` to ``max(max_model_len, 2048)``.
+    """
+    max_model_len = int(_worker_default("max_model_len"))
+    chunked = bool(_worker_default("chunked_prefill"))
+    mode = EngineQueueMode(_worker_default("scheduling_policy"))
+    engine = EngineConfig(
+        max_num_seqs=BENCH_WORKER_MAX_NUM_SEQS,
+        max_num_batched_tokens=2048 if chunked else max(max_model_len, 2048),
+        kv_cache_tokens=BENCH_KV_CACHE_TOKENS,
+        block_size=CPU_BLOCK_SIZE,
+        queue_mode=mode,
+        chunked_prefill=chunked,
+    )
+    return engine, max_model_len
+
+
+def _live_bench_default(name: str):
+    from server.live_bench import Workload
+
+    return next(f.default for f in fields(Workload) if f.name == name)
+
+
+@dataclass(frozen=True)
+class LiveSetup:
+    """How the live run was deployed (engine, gateway) and what the replay adds per request."""
+
+    engine: EngineConfig
+    max_model_len: int
+    #: the gateway's ``--max-sequences-per-worker`` (``bench live --max-sequences``)
+    admission_max_sequences: int | None
+    aging_s_per_token: float
+    point_estimate: PointEstimate = PointEstimate.MEAN
+    client_arrivals: ClientArrivals = ClientArrivals.BURST
+    overhead: RequestOverhead = field(default_factory=RequestOverhead)
+    #: the gateway's own hop per request, added before the engine
+    gateway_overhead_s: float = 0.0
+    tolerance: float = 0.10
+
+    @classmethod
+    def bench_defaults(cls, **changes) -> LiveSetup:
+        """``bench live`` defaults in front of ``scripts/bench_worker.py``."""
+        engine, max_len = bench_worker_engine()
+        base = {
+            "engine": engine,
+            "max_model_len": max_len,
+            "admission_max_sequences": int(_live_bench_default("max_sequences_per_worker")),
+            "aging_s_per_token": float(_live_bench_default("aging_s_per_token")),
+            "point_estimate": PointEstimate(_live_bench_default("point_estimate")),
+        }
+        base.update(changes)
+        return cls(**base)
+
+
+@dataclass(frozen=True)
+class LiveRequest:
+    """One finished request of a gateway log, with what the gateway measured."""
+
+    request_id: str
+    arrival_unix: float
+    prompt_tokens: int
+    completion_tokens: int
+    predicted_tokens: float | None
+    stream: bool
+    ttft_s: float | None
+    e2e_s: float
+    queue_wait_s: float | None = None
+
+
+@dataclass(frozen=True)
+class LiveLog:
+    path: Path
+    policy: PolicyName
+    requests: list[LiveRequest]
+    skipped: int
+
+    @property
+    def arm(self) -> str:
+        name = self.path.name
+        for suffix in (".jsonl", ".requests"):
+            name = name.removesuffix(suffix)
+        return name
+
+
+def load_live_log(path: str | Path) -> LiveLog:
+    """Finished (``status == "ok"``) requests of one gateway log; one policy per log."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"request log not found: {path}")
+    records = read_request_log(path)
+    ok, skipped, policies = [], 0, set()
+    for rec in records:
+        if (rec.get("status") != "ok" or rec.get("prompt_tokens") is None
+                or rec.get("completion_tokens") is None or rec.get("e2e_s") is None):
+            skipped += 1
+            continue
+        policies.add(rec.get("policy"))
+        ok.append(LiveRequest(
+            request_id=str(rec["request_id"]),
+            arrival_unix=float(rec["arrival_unix"]),
+            prompt_tokens=int(rec["prompt_tokens"]),
+            completion_tokens=int(rec["completion_tokens"]),
+            predicted_tokens=(None if rec.get("predicted_tokens") is None
+                              else float(rec["predicted_tokens"])),
+            stream=bool(rec.get("stream")),
+            ttft_s=None if rec.get("ttft_s") is None else float(rec["ttft_s"]),
+            e2e_s=float(rec["e2e_s"]),
+            queue_wait_s=None if rec.get("queue_wait_s") is None else float(rec["queue_wait_s"]),
+        ))
+    if not ok:
+        raise ValueError(f"{path}: no finished requests to replay")
+    if len(policies) != 1:
+        raise ValueError(f"{path}: one policy per log expected, found {sorted(map(str, policies))}")
+    try:
+        policy = PolicyName(policies.pop())
+    except ValueError as exc:
+        raise ValueError(f"{path}: unknown policy in the log: {exc}") from None
+    if policy != PolicyName.FCFS and any(r.predicted_tokens is None for r in ok):
+        raise ValueError(f"{path}: {policy} records need predicted_tokens to be replayed")
+    ok.sort(key=lambda r: r.arrival_unix)
+    return LiveLog(path, policy, ok, skipped)
+
+
+def replay_requests(log: LiveLog, arrivals: ClientArrivals) -> list[SimRequest]:
+    """The log's requests as simulator input (see the module docstring on the clock origin)."""
+    t0 = log.requests[0].arrival_unix
+    out = []
+    for i, r in enumerate(log.requests):
+        queued_at = r.arrival_unix - t0
+        if arrivals == ClientArrivals.BURST:
+            arrival = i * _BURST_SPACING_S
+            delay = max(0.0, queued_at - arrival)
+        else:
+            arrival, delay = queued_at, 0.0
+        out.append(SimRequest(
+            request_id=r.request_id,
+            arrival_time=arrival,
+            prompt_tokens=r.prompt_tokens,
+            output_tokens=max(1, r.completion_tokens),
+            predicted_tokens=r.predicted_tokens,
+            gateway_delay_s=delay,
+        ))
+    return out
+
+
+def sim_config(setup: LiveSetup, policy: PolicyName) -> SimConfig:
+    return SimConfig(
+        engine=setup.engine,
+        workers=1,
+        policy=PolicyConfig(policy, setup.point_estimate, setup.aging_s_per_token),
+        admission=AdmissionLimits(max_sequences=setup.admission_max_sequences),
+        max_model_len=setup.max_model_len,
+        dispatch_delay_s=setup.overhead.pre_engine_s + setup.gateway_overhead_s,
+        response_delay_s=setup.overhead.post_engine_s,
+    )
+
+
+def _stats_ms(values_s: Sequence[float]) -> dict[str, float | None]:
+    if not values_s:
+        return {"mean": None, "p50": None, "p90": None}
+    arr = np.asarray(values_s, dtype=float) * 1000.0
+    p50, p90 = np.percentile(arr, [50, 90])
+    return {"mean": float(arr.mean()), "p50": float(p50), "p90": float(p90)}
+
+
+def _rel(sim: dict, live: dict) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for k in ("mean", "p50", "p90"):
+        a, b = sim[k], live[k]
+        out[k] = None if a is None or b is None or b == 0 else (a - b) / b
+    return out
+
+
+def _compare(live: list[float], sim: list[float]) -> dict:
+    live_s, sim_s = _stats_ms(live), _stats_ms(sim)
+    return {"n": len(live), "live": live_s, "sim": sim_s, "rel_err": _rel(sim_s, live_s)}
+
+
+def _within(comparison: dict, tolerance: float) -> bool:
+    err = comparison["rel_err"]["mean"]
+    return err is not None and math.isfinite(err) and abs(err) <= tolerance
+
+
+def compare_arm(log: LiveLog, result: SimResult, setup: LiveSetup) -> dict:
+    """Live vs simulated latencies of one arm, on the same requests."""
+    by_id = {rec.request.request_id: rec for rec in result.records}
+    e2e_live, e2e_sim, ttft_live, ttft_sim, wait_live, wait_sim = [], [], [], [], [], []
+    not_replayed = 0
+    for r in log.requests:
+        rec = by_id[r.request_id]
+        seq = rec.seq
+        if seq is None or seq.first_token is None or rec.completion_time is None:
+            not_replayed += 1
+            continue
+        arrival = rec.request.arrival_time
+        e2e_live.append(r.e2e_s)
+        e2e_sim.append(rec.completion_time - arrival)
+        if r.stream and r.ttft_s is not None:
+            ttft_live.append(r.ttft_s)
+            ttft_sim.append(seq.first_token - arrival)
+        # Gateway queue wait (dispatch - queue entry): a diagnostic, not a target.
+        if r.queue_wait_s is not None and rec.dispatch_time is not None:
+            wait_live.append(r.queue_wait_s)
+            wait_sim.append(rec.dispatch_time - arrival - rec.request.gateway_delay_s)
+    e2e = _compare(e2e_live, e2e_sim)
+    ttft = _compare(ttft_live, ttft_sim)
+    checks = {"e2e_mean": _within(e2e, setup.tolerance)}
+    if ttft_live:
+        checks["ttft_mean"] = _within(ttft, setup.tolerance)
+    return {
+        "log": str(log.path),
+        "policy": log.policy.value,
+        "requests": len(log.requests),
+        "skipped_not_ok": log.skipped,
+        "not_replayed": not_replayed,
+        "streaming": len(ttft_live),
+        "e2e_ms": e2e,
+        "ttft_ms": ttft,
+        "queue_wait_ms": {"live": _stats_ms(wait_live), "sim": _stats_ms(wait_sim)},
+        "engine": {
+            "steps": sum(r.num_steps for r in result.replicas),
+            "preemptions": result.preemptions,
+            "peak_kv_usage": result.peak_kv_usage,
+            "simulated_s": result.end_time,
+        },
+        "checks": checks,
+        "pass": bool(checks) and all(checks.values()) and not_replayed == 0,
+    }
+
+
+def run_fidelity(
+    log_paths: Sequence[str | Path],
+    latency: StepLatencyModel,
+    setup: LiveSetup,
+) -> dict:
+    """Replay every log (one arm each) and compare; the report document."""
+    if not log_paths:
+        raise ValueError("give at least one request log")
+    arms: dict[str, dict] = {}
+    for path in log_paths:
+        log = load_live_log(path)
+        requests = replay_requests(log, setup.client_arrivals)
+        result = run_simulation(requests, [r.predicted_tokens or 0.0 for r in requests],
+                                sim_config(setup, log.policy), latency)
+        name = log.arm
+        while name in arms:
+            name += "'"
+        arms[name] = compare_arm(log, result, setup)
+    return {
+        "target": {"metric": "mean E2E and mean TTFT", "max_abs_rel_err": setup.tolerance},
+        "pass": all(a["pass"] for a in arms.values()),
+        "arms": arms,
+        "setup": {
+            "engine": {**asdict(setup.engine), "queue_mode": setup.engine.queue_mode.value},
+            "max_model_len": setup.max_model_len,
+            "admission_max_sequences": setup.admission_max_sequences,
+            "aging_s_per_token": setup.aging_s_per_token,
+            "point_estimate": setup.point_estimate.value,
+            "client_arrivals": setup.client_arrivals.value,
+            "request_overhead": setup.overhead.to_dict(),
+            "gateway_overhead_s": setup.gateway_overhead_s,
+        },
+        "cost_model": latency.describe(),
+    }
+
+
+def format_table(report: dict) -> str:
+    """A plain-text table: one row per arm and metric."""
+    head = (f"{'arm':<16} {'metric':<6} {'n':>4} {'live mean':>10} {'sim mean':>10} {'err':>7} "
+            f"{'live p50':>9} {'sim p50':>9} {'live p90':>9} {'sim p90':>9} {'err p90':>8}  ok")
+    lines = [head, "-" * len(head)]
+
+    def ms(v: float | None) -> str:
+        return "-" if v is None else f"{v:.0f}"
+
+    def pct(v: float | None) -> str:
+        return "-" if v is None else f"{v * 100:+.1f}%"
+
+    for arm, a in report["arms"].items():
+        for metric, key in (("e2e", "e2e_ms"), ("ttft", "ttft_ms")):
+            c = a[key]
+            ok = a["checks"].get(f"{metric}_mean")
+            lines.append(
+                f"{arm:<16} {metric:<6} {c['n']:>4} {ms(c['live']['mean']):>10} "
+                f"{ms(c['sim']['mean']):>10} {pct(c['rel_err']['mean']):>7} "
+                f"{ms(c['live']['p50']):>9} {ms(c['sim']['p50']):>9} {ms(c['live']['p90']):>9} "
+                f"{ms(c['sim']['p90']):>9} {pct(c['rel_err']['p90']):>8}  "
+                f"{'-' if ok is None else 'yes' if ok else 'NO'}"
+            )
+    lines.append(f"overall: {'PASS' if report['pass'] else 'FAIL'} "
+                 f"(|mean error| <= {report['target']['max_abs_rel_err']:.0%})")
+    return "\n".join(lines)
