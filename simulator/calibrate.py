@@ -53,7 +53,9 @@ class CalibrationPlan:
     prompt_tokens: list[int] = field(default_factory=lambda: [32, 256, 768])
     decode_tokens: int = 24
     #: prompt lengths for the prefill probes (one request each)
-    prefill_probe_tokens: list[int] = field(default_factory=lambda: [16, 128, 512, 1024])
+    #: (up to 2048: a burst's first step on the bench worker, chunked prefill off,
+    #: prefills 16 chat prompts at once)
+    prefill_probe_tokens: list[int] = field(default_factory=lambda: [16, 128, 512, 1024, 2048])
     repeats: int = 2
     #: token ids are drawn from this range (inside any common vocabulary)
     token_id_range: tuple[int, int] = (1000, 20000)
@@ -141,17 +143,23 @@ class _Client:
         self.model = model
         self.plan = plan
         self.rng = random.Random(0)
+        #: the worker's context length (vLLM lists it in /v1/models); probes must fit it
+        self.max_model_len: int | None = None
 
     async def resolve_model(self) -> str:
-        if self.model:
-            return self.model
         r = await self.http.get(f"{self.base}/v1/models")
         r.raise_for_status()
         data = r.json().get("data") or []
         if not data:
             raise RuntimeError("the worker lists no models")
-        self.model = data[0]["id"]
+        entry = next((d for d in data if d.get("id") == self.model), data[0])
+        self.model = self.model or entry["id"]
+        if entry.get("max_model_len"):
+            self.max_model_len = int(entry["max_model_len"])
         return self.model
+
+    def fits(self, prompt_len: int, max_tokens: int) -> bool:
+        return self.max_model_len is None or prompt_len + max_tokens <= self.max_model_len
 
     def prompt(self, n: int) -> list[int]:
         lo, hi = self.plan.token_id_range
@@ -235,6 +243,8 @@ async def _calibrate(base_url: str, plan: CalibrationPlan, model: str | None,
         # prefill steps (cheap: one short request each)
         ttfts: dict[int, float] = {}
         for p in plan.prefill_probe_tokens:
+            if not client.fits(p, 1):
+                continue
             best = float("inf")
             for _ in range(plan.repeats):
                 if time.perf_counter() > deadline:
@@ -258,8 +268,9 @@ async def _calibrate(base_url: str, plan: CalibrationPlan, model: str | None,
             for b in plan.batch_sizes:
                 if time.perf_counter() > deadline:
                     break
-                if b == 1 and p == min(plan.prompt_tokens):
-                    continue  # measured above
+                if (b == 1 and p == min(plan.prompt_tokens)) or not client.fits(
+                        p, plan.decode_tokens):
+                    continue  # measured above, or longer than the worker accepts
                 got = await _decode_step(client, b, p, plan)
                 if got is not None:
                     measurements.append(got[0])

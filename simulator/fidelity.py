@@ -285,6 +285,7 @@ def compare_arm(log: LiveLog, result: SimResult, setup: LiveSetup) -> dict:
     """Live vs simulated latencies of one arm, on the same requests."""
     by_id = {rec.request.request_id: rec for rec in result.records}
     e2e_live, e2e_sim, ttft_live, ttft_sim, wait_live, wait_sim = [], [], [], [], [], []
+    rows = []
     not_replayed = 0
     for r in log.requests:
         rec = by_id[r.request_id]
@@ -293,15 +294,25 @@ def compare_arm(log: LiveLog, result: SimResult, setup: LiveSetup) -> dict:
             not_replayed += 1
             continue
         arrival = rec.request.arrival_time
+        sim_e2e, sim_ttft = rec.completion_time - arrival, seq.first_token - arrival
+        sim_wait = rec.dispatch_time - arrival - rec.request.gateway_delay_s
         e2e_live.append(r.e2e_s)
-        e2e_sim.append(rec.completion_time - arrival)
+        e2e_sim.append(sim_e2e)
         if r.stream and r.ttft_s is not None:
             ttft_live.append(r.ttft_s)
-            ttft_sim.append(seq.first_token - arrival)
+            ttft_sim.append(sim_ttft)
         # Gateway queue wait (dispatch - queue entry): a diagnostic, not a target.
-        if r.queue_wait_s is not None and rec.dispatch_time is not None:
+        if r.queue_wait_s is not None:
             wait_live.append(r.queue_wait_s)
-            wait_sim.append(rec.dispatch_time - arrival - rec.request.gateway_delay_s)
+            wait_sim.append(sim_wait)
+        rows.append({
+            "request_id": r.request_id, "prompt_tokens": r.prompt_tokens,
+            "completion_tokens": r.completion_tokens, "predicted_tokens": r.predicted_tokens,
+            "queued_at_s": arrival + rec.request.gateway_delay_s,
+            "live_ttft_s": r.ttft_s, "sim_ttft_s": sim_ttft,
+            "live_e2e_s": r.e2e_s, "sim_e2e_s": sim_e2e,
+            "live_queue_wait_s": r.queue_wait_s, "sim_queue_wait_s": sim_wait,
+        })
     e2e = _compare(e2e_live, e2e_sim)
     ttft = _compare(ttft_live, ttft_sim)
     checks = {"e2e_mean": _within(e2e, setup.tolerance)}
@@ -325,6 +336,7 @@ def compare_arm(log: LiveLog, result: SimResult, setup: LiveSetup) -> dict:
         },
         "checks": checks,
         "pass": bool(checks) and all(checks.values()) and not_replayed == 0,
+        "per_request": rows,
     }
 
 

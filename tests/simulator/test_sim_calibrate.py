@@ -67,6 +67,11 @@ def test_calibrate_writes_a_loadable_model_with_request_overhead(tmp_path, stand
     samples = doc["calibration"]["overhead_samples"]
     assert len(samples) == 3 and all(s["prompt_tokens"] > 0 for s in samples)
     assert "unique" in doc["calibration"]["prefix_cache"]
+    # The 2048-token prefill probe does not fit the stand-in's 2048-token context
+    # (prompt + 1 token): it is skipped, not sent to fail.
+    printed = json.loads(result.output)
+    prefills = [m["prefill_tokens"] for m in printed["measurements"] if m["kind"] == "prefill"]
+    assert prefills == [16, 128, 512, 1024]
 
     # The probes sample like the live benchmark and go through the chat path too.
     received = httpx.get(f"{standin}/control").json()["received"]
