@@ -73,6 +73,8 @@ class _Ticket:
     #: prompts in the request (a completions request may hold several); with n, the
     #: number of sequences generated
     prompts: int = 1
+    #: seconds from arrival to entering the queue (the length prediction, when awaited)
+    queue_entry_s: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def headers(self) -> dict[str, str]:
@@ -118,6 +120,8 @@ class CompletionService:
         receive: Receive,
     ) -> Response:
         arrival = self.clock()
+        # Stamped with ``arrival``: every logged duration (ttft_s, e2e_s) counts from here.
+        arrival_unix = time.time()
         if self.dispatcher.draining:
             raise GatewayError(503, "The gateway is shutting down.", code="draining",
                                headers={"Retry-After": "1"})
@@ -145,8 +149,9 @@ class CompletionService:
         ticket = _Ticket(
             request_id=f"lw-{uuid.uuid4().hex}", endpoint=endpoint, model=parsed.model,
             stream=parsed.stream, n=parsed.n, cap=parsed.length_cap(), arrival=arrival,
-            arrival_unix=time.time(), prediction=prediction, predicted_tokens=predicted,
+            arrival_unix=arrival_unix, prediction=prediction, predicted_tokens=predicted,
             prompts=len(parsed.prompt_texts()) if isinstance(parsed, CompletionRequest) else 1,
+            queue_entry_s=self.clock() - arrival,
         )
         if isinstance(self.predictor, OnlineLearningPredictor):
             ticket.extra["learn_prompt"] = prompt_of_request(parsed)
@@ -449,7 +454,7 @@ class CompletionService:
             finish_reasons=finish_reasons or [], worker=ticket.worker,
             attempts=ticket.attempts,
             queue_wait_s=ticket.queue_wait_s if ticket.attempts else None,
-            ttft_s=ttft, e2e_s=e2e,
+            ttft_s=ttft, e2e_s=e2e, queue_entry_s=ticket.queue_entry_s,
         ))
         if (isinstance(self.predictor, OnlineLearningPredictor) and status == "ok"
                 and completion_tokens is not None and ticket.n >= 1):

@@ -39,6 +39,9 @@ class RequestRecord:
     queue_wait_s: float | None
     ttft_s: float | None
     e2e_s: float
+    #: seconds from arrival to entering the gateway's queue (the awaited length prediction);
+    #: lets a replay start each request at its true arrival. None in logs from older versions.
+    queue_entry_s: float | None = None
 
 
 class RequestLog:

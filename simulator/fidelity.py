@@ -27,8 +27,12 @@ What is replayed, and why (nothing here is fitted to the live numbers):
   is an explicit extra (``gateway_overhead_s``; ``lengthwise bench overhead``
   measures it).
 * **Clock origin.** The gateway's ``ttft_s`` / ``e2e_s`` count from the moment
-  its handler started, *before* the length prediction, but ``arrival_unix`` is
-  stamped *after* it (the queue entry). With ``client_arrivals="burst"`` (the
+  its handler started, *before* the length prediction. Current logs stamp
+  ``arrival_unix`` at that moment too and record ``queue_entry_s`` (the
+  prediction time): each request is then replayed at its true arrival and enters
+  the queue ``queue_entry_s`` later, whatever ``client_arrivals`` says. Older logs
+  stamped ``arrival_unix`` *after* the prediction (the queue entry), and lack
+  ``queue_entry_s``; for them, with ``client_arrivals="burst"`` (the
   client sent every request at once, as ``bench live --arrivals burst`` does)
   every request is replayed as arriving at t = 0, in log order, and enters the
   queue at its logged ``arrival_unix`` offset: the prediction delay is replayed
@@ -165,6 +169,7 @@ class LiveRequest:
     ttft_s: float | None
     e2e_s: float
     queue_wait_s: float | None = None
+    queue_entry_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -206,6 +211,8 @@ def load_live_log(path: str | Path) -> LiveLog:
             ttft_s=None if rec.get("ttft_s") is None else float(rec["ttft_s"]),
             e2e_s=float(rec["e2e_s"]),
             queue_wait_s=None if rec.get("queue_wait_s") is None else float(rec["queue_wait_s"]),
+            queue_entry_s=(None if rec.get("queue_entry_s") is None
+                           else float(rec["queue_entry_s"])),
         ))
     if not ok:
         raise ValueError(f"{path}: no finished requests to replay")
@@ -227,7 +234,10 @@ def replay_requests(log: LiveLog, arrivals: ClientArrivals) -> list[SimRequest]:
     out = []
     for i, r in enumerate(log.requests):
         queued_at = r.arrival_unix - t0
-        if arrivals == ClientArrivals.BURST:
+        if r.queue_entry_s is not None:
+            # Newer logs stamp the true arrival and say how long the prediction took.
+            arrival, delay = queued_at, r.queue_entry_s
+        elif arrivals == ClientArrivals.BURST:
             arrival = i * _BURST_SPACING_S
             delay = max(0.0, queued_at - arrival)
         else:
