@@ -126,7 +126,8 @@ class DrainingServer(uvicorn.Server):
             if not self.server_state.connections and all(q == 0 for q in queued):
                 return
             await asyncio.sleep(_QUIESCE_POLL_S)
-        log.info("closing the listener with %d connections open", len(self.server_state.connections))
+        log.info("closing the listener with %d connections open",
+                 len(self.server_state.connections))
 
 
 def serve_app(app: FastAPI, cfg: GatewayConfig, *, log_level: str = "info") -> None:

@@ -13,6 +13,10 @@ already-running worker instead of starting one; its model name is read from
 metrics URL (``LENGTHWISE_EDT_METRICS_PORT``) from ``LENGTHWISE_TEST_WORKER_EDT_METRICS_URL``.
 
 If the worker cannot start, every test using it fails with the worker's log tail.
+
+The gateway and stand-in fixtures (``standin_factory``, ``gateway_process_factory``,
+``gateway_factory``, ``shared_gateway``, ``length_predictor``) start real processes
+and servers from ``harness.py``, the one test harness of every folder.
 """
 
 from __future__ import annotations
@@ -20,8 +24,10 @@ from __future__ import annotations
 import json
 import os
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
@@ -98,3 +104,91 @@ def vllm_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveWorker
         yield LiveWorker(worker.base_url, config.served_model_name, config.edt_metrics_url)
     finally:
         worker.stop()
+
+
+# --- Gateway and stand-in fixtures (classes in harness.py) -----------------------------
+
+T = TypeVar("T")
+
+
+@pytest.fixture(scope="session")
+def length_predictor():
+    """The real trained predictor (trained once from CASTILLO if the cache has none)."""
+    from server.predictor_loader import load_length_predictor
+
+    return load_length_predictor()
+
+
+def _cleaned_up(
+    start: Callable[..., T], clean_up: Callable[[T], None]
+) -> Iterator[Callable[..., T]]:
+    """The body of a factory fixture: the test calls ``start``; whatever it started is
+    cleaned up after the test."""
+    started: list[T] = []
+
+    def make(*args: Any, **kwargs: Any) -> T:
+        thing = start(*args, **kwargs)
+        started.append(thing)
+        return thing
+
+    yield make
+    for thing in started:
+        clean_up(thing)
+
+
+@pytest.fixture
+def standin_factory() -> Iterator:
+    """``standin_factory(**kwargs)`` starts a stand-in worker process; all are killed after."""
+    from harness import StandinWorker
+
+    yield from _cleaned_up(lambda **kwargs: StandinWorker(**kwargs).start(), StandinWorker.kill)
+
+
+@pytest.fixture
+def gateway_process_factory(tmp_path: Path) -> Iterator:
+    """``gateway_process_factory(workers, wait_healthy=True, **settings)`` starts the gateway
+    as its own process (the stand-ins' oracle predictor); those still running are killed after."""
+    from harness import GatewayProcess
+
+    def start(workers: list[str], wait_healthy: bool = True, **settings: Any) -> GatewayProcess:
+        return GatewayProcess(tmp_path, workers, **settings).start(wait_healthy=wait_healthy)
+
+    yield from _cleaned_up(start, GatewayProcess.stop)
+
+
+@pytest.fixture
+def gateway_factory(length_predictor, tmp_path: Path) -> Iterator:
+    """``gateway_factory(workers, **settings)`` serves the gateway (real trained predictor)
+    from a thread of this process; all are stopped after."""
+    from harness import InProcessGateway, free_port
+
+    from server.config import GatewayConfig
+
+    def start(workers: list[str], **settings: Any) -> InProcessGateway:
+        port = free_port()
+        settings.setdefault("request_log_path", tmp_path / f"requests-{port}.jsonl")
+        settings.setdefault("health_interval_s", 0.2)
+        settings.setdefault("health_timeout_s", 3.0)
+        cfg = GatewayConfig.model_validate({"workers": workers, "port": port, **settings})
+        return InProcessGateway(cfg, length_predictor).start()
+
+    yield from _cleaned_up(start, InProcessGateway.stop)
+
+
+@pytest.fixture(scope="module")
+def shared_gateway(length_predictor, tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """One stand-in and one in-process gateway for tests that only send requests
+    (no fault injection): ``(StandinWorker, InProcessGateway)``."""
+    from harness import InProcessGateway, StandinWorker, free_port
+
+    from server.config import GatewayConfig
+
+    worker = StandinWorker().start()
+    cfg = GatewayConfig.model_validate({
+        "workers": [worker.url], "port": free_port(),
+        "request_log_path": tmp_path_factory.mktemp("gw") / "requests.jsonl",
+    })
+    server = InProcessGateway(cfg, length_predictor).start()
+    yield worker, server
+    server.stop()
+    worker.kill()

@@ -8,7 +8,7 @@ import hmac
 
 import httpx
 import pytest
-from reliability_harness import assert_openai_error, chat_body, wait_until
+from harness import assert_openai_error, chat_body, wait_until
 
 from server.auth import ApiKeyAuth
 from server.errors import GatewayError
@@ -35,9 +35,12 @@ def _every_route(gw_url: str, key: str) -> list[tuple[str, str]]:
 
 
 @pytest.mark.parametrize("metrics_require_auth", [True, False])
-def test_every_endpoint_but_health_needs_a_key(standins, gateways, metrics_require_auth):
-    worker = standins()
-    gw = gateways([worker.url], api_keys=KEYS, metrics_require_auth=metrics_require_auth)
+def test_every_endpoint_but_health_needs_a_key(
+    standin_factory, gateway_process_factory, metrics_require_auth
+):
+    worker = standin_factory()
+    gw = gateway_process_factory([worker.url], api_keys=KEYS,
+                                 metrics_require_auth=metrics_require_auth)
     routes = _every_route(gw.url, KEYS[1])
     assert ("POST", "/v1/chat/completions") in routes and ("GET", "/metrics") in routes
     open_paths = {"/health"} if metrics_require_auth else {"/health", "/metrics"}
@@ -89,11 +92,11 @@ def test_keys_are_compared_in_constant_time(monkeypatch):
         assert {c[0] for c in calls} == {presented.encode()}
 
 
-def test_per_key_rate_limits_in_requests_and_tokens(standins, gateways):
-    worker = standins(token_delay_s=0.0)
+def test_per_key_rate_limits_in_requests_and_tokens(standin_factory, gateway_process_factory):
+    worker = standin_factory(token_delay_s=0.0)
     keys = KEYS + ["sk-charlie-5555", "sk-delta-7777"]
-    gw = gateways([worker.url], api_keys=keys, rate_limit_requests_per_min=5,
-                  rate_limit_tokens_per_min=100)
+    gw = gateway_process_factory([worker.url], api_keys=keys, rate_limit_requests_per_min=5,
+                                 rate_limit_tokens_per_min=100)
     alpha, bravo, charlie, delta = ({"Authorization": f"Bearer {k}"} for k in keys)
     with httpx.Client(base_url=gw.url, timeout=10) as client:
         # Requests per minute: 5 small requests (2 tokens each) pass, the 6th is refused.

@@ -17,9 +17,9 @@ from collections.abc import Iterator
 import pytest
 import requests
 import schemathesis
+from harness import MODEL, GatewayProcess, StandinWorker, sse_payloads
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
-from reliability_harness import MODEL, Gateway, Standin, sse_payloads
 from schemathesis import GenerationMode
 
 EXAMPLES = int(os.environ.get("LENGTHWISE_FUZZ_EXAMPLES", "500"))
@@ -31,7 +31,7 @@ SAMPLES: Counter = Counter()
 
 
 class Target:
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: GatewayProcess) -> None:
         self.gateway = gateway
         self.schema = schemathesis.openapi.from_url(gateway.url + "/openapi.json")
         self.session = requests.Session()
@@ -39,9 +39,9 @@ class Target:
 
 @pytest.fixture(scope="module")
 def target(tmp_path_factory) -> Iterator[Target]:
-    worker = Standin(token_delay_s=0.0, default_len=4).start()
-    gw = Gateway(tmp_path_factory.mktemp("fuzz"), [worker.url], max_n=16,
-                 max_body_bytes=256 * 1024, request_log_path=None).start()
+    worker = StandinWorker(token_delay_s=0.0, default_len=4).start()
+    gw = GatewayProcess(tmp_path_factory.mktemp("fuzz"), [worker.url], max_n=16,
+                        max_body_bytes=256 * 1024, request_log_path=None).start()
     try:
         yield Target(gw)
     finally:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from reliability_harness import MODEL, Gateway, Standin, assert_openai_error, chat_body
+from harness import MODEL, GatewayProcess, StandinWorker, assert_openai_error, chat_body
 
 CHAT = "/v1/chat/completions"
 MAX_BODY = 1024 * 1024
@@ -23,17 +23,19 @@ MAX_HEADER = 32 * 1024
 
 
 @pytest.fixture(scope="module")
-def gw(tmp_path_factory) -> Iterator[Gateway]:
-    worker = Standin(token_delay_s=0.0).start()
-    gateway = Gateway(tmp_path_factory.mktemp("hand"), [worker.url], max_body_bytes=MAX_BODY,
-                      body_read_timeout_s=BODY_TIMEOUT_S, header_timeout_s=HEADER_TIMEOUT_S,
-                      max_header_bytes=MAX_HEADER, max_n=16).start()
+def gw(tmp_path_factory) -> Iterator[GatewayProcess]:
+    worker = StandinWorker(token_delay_s=0.0).start()
+    gateway = GatewayProcess(tmp_path_factory.mktemp("hand"), [worker.url],
+                             max_body_bytes=MAX_BODY, body_read_timeout_s=BODY_TIMEOUT_S,
+                             header_timeout_s=HEADER_TIMEOUT_S, max_header_bytes=MAX_HEADER,
+                             max_n=16).start()
     yield gateway
     gateway.stop()
     worker.kill()
 
 
-def post_raw(gw: Gateway, body: bytes, headers: dict[str, str] | None = None) -> httpx.Response:
+def post_raw(gw: GatewayProcess, body: bytes,
+             headers: dict[str, str] | None = None) -> httpx.Response:
     return httpx.post(gw.url + CHAT, content=body, timeout=30,
                       headers={"content-type": "application/json", **(headers or {})})
 

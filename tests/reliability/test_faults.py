@@ -11,7 +11,7 @@ import time
 from collections import Counter
 
 import httpx
-from reliability_harness import chat_body, sse_payloads, wait_until
+from harness import chat_body, sse_payloads, wait_until
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
@@ -21,11 +21,11 @@ COMPLETIONS = "/v1/completions"
 
 
 async def test_fifty_streaming_clients_disconnecting_abort_every_upstream_request(
-    standins, gateways
+    standin_factory, gateway_process_factory
 ):
-    worker = standins(token_delay_s=0.02)
+    worker = standin_factory(token_delay_s=0.02)
     # 20 slots: 30 of the 50 clients wait in the gateway's queue, so some leave while queued.
-    gw = gateways([worker.url], max_sequences_per_worker=20)
+    gw = gateway_process_factory([worker.url], max_sequences_per_worker=20)
     rng = random.Random(8)
     plan = [("queued_or_headers", rng.uniform(0.05, 1.5)) if i % 3 == 0
             else ("mid_stream", rng.randint(1, 40)) for i in range(50)]
@@ -121,10 +121,12 @@ async def _one_request(client: httpx.AsyncClient, url: str, i: int,
         return "transport_error", repr(exc)
 
 
-async def test_worker_killed_mid_run_loses_no_request_and_is_used_again(standins, gateways):
-    a = standins(token_delay_s=0.02)
-    b = standins(token_delay_s=0.02)
-    gw = gateways([a.url, b.url], max_sequences_per_worker=8, max_attempts=2,
+async def test_worker_killed_mid_run_loses_no_request_and_is_used_again(
+    standin_factory, gateway_process_factory
+):
+    a = standin_factory(token_delay_s=0.02)
+    b = standin_factory(token_delay_s=0.02)
+    gw = gateway_process_factory([a.url, b.url], max_sequences_per_worker=8, max_attempts=2,
                   stream_idle_timeout_s=3.0, first_byte_timeout_s=5.0)
     client_timeout_s = 20.0
     total = 64
@@ -177,12 +179,15 @@ async def test_worker_killed_mid_run_loses_no_request_and_is_used_again(standins
 # --- a worker stalls -----------------------------------------------------------------------
 
 
-def test_stalled_worker_trips_the_timeout_and_the_health_check_takes_it_out(standins, gateways):
+def test_stalled_worker_trips_the_timeout_and_the_health_check_takes_it_out(
+    standin_factory, gateway_process_factory
+):
     # Between idle workers routing breaks the tie by URL: make the stalled one the first pick.
-    stalled, good = sorted([standins(token_delay_s=0.0), standins(token_delay_s=0.0)],
+    stalled, good = sorted([standin_factory(token_delay_s=0.0), standin_factory(token_delay_s=0.0)],
                            key=lambda w: w.url)
-    gw = gateways([stalled.url, good.url], first_byte_timeout_s=1.5, request_timeout_s=10,
-                  max_attempts=2, unhealthy_after_failures=1, health_timeout_s=1.0)
+    gw = gateway_process_factory([stalled.url, good.url], first_byte_timeout_s=1.5,
+                                 request_timeout_s=10, max_attempts=2,
+                                 unhealthy_after_failures=1, health_timeout_s=1.0)
     # The stalled worker still answers /health: only a real request shows it is stuck.
     stalled.control(mode="stall")
 

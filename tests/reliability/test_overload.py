@@ -14,7 +14,7 @@ import time
 from collections import Counter
 
 import httpx
-from reliability_harness import assert_openai_error, chat_body
+from harness import assert_openai_error, chat_body
 
 from server.config import GatewayConfig
 from server.policy import aged_wait_bound_s
@@ -69,10 +69,12 @@ def _merge(runs: list[dict]) -> dict:
             "max_rss": max(r["max_rss"] for r in runs), "min_rss": min(r["min_rss"] for r in runs)}
 
 
-async def test_three_times_capacity_is_refused_cleanly_without_collapse(standins, gateways):
+async def test_three_times_capacity_is_refused_cleanly_without_collapse(
+    standin_factory, gateway_process_factory
+):
     # 1 s per request (20 tokens at 50 ms): the gateway's and the load generator's own CPU
     # time per request stays small next to it, so a busy shared machine moves both phases alike.
-    workers = [standins(token_delay_s=0.05), standins(token_delay_s=0.05)]
+    workers = [standin_factory(token_delay_s=0.05), standin_factory(token_delay_s=0.05)]
     slots = 4
     capacity = slots * len(workers)  # requests the workers run at once
     queue_capacity = capacity
@@ -82,8 +84,8 @@ async def test_three_times_capacity_is_refused_cleanly_without_collapse(standins
         # its first refit (a one-time step of tens of MiB); this test measures what overload
         # itself costs, on the request path.
         extra["online_learning"] = False
-    gw = gateways([w.url for w in workers], max_sequences_per_worker=slots,
-                  queue_capacity=queue_capacity, request_log_path=None, **extra)
+    gw = gateway_process_factory([w.url for w in workers], max_sequences_per_worker=slots,
+                                 queue_capacity=queue_capacity, request_log_path=None, **extra)
     pad = 4000  # ~8 KB prompts, so memory held per request would show
     # Warm-up. Then peak (1.5x capacity keeps every slot busy without refusals) and 3x
     # capacity, interleaved in rounds so that other load on a shared machine hits both alike.
@@ -143,14 +145,14 @@ async def _starve(gw, long_len: int, short_clients: int, observe_s: float) -> di
 
 
 async def test_long_request_finishes_within_the_aging_bound_under_a_stream_of_short_ones(
-    standins, gateways
+    standin_factory, gateway_process_factory
 ):
-    worker = standins(token_delay_s=0.02)
+    worker = standin_factory(token_delay_s=0.02)
     aging = 0.01  # seconds per predicted token
     queue_capacity = 16
     common = {"max_sequences_per_worker": 1, "queue_capacity": queue_capacity,
               "aging_s_per_token": aging}
-    aged = gateways([worker.url], policy="sjf-aged", **common)
+    aged = gateway_process_factory([worker.url], policy="sjf-aged", **common)
     result = await _starve(aged, long_len=100, short_clients=6, observe_s=20.0)
 
     # The bound from the configuration (policy docstring): α·s + Q/μ, with μ the slowest
@@ -167,6 +169,6 @@ async def test_long_request_finishes_within_the_aging_bound_under_a_stream_of_sh
     assert result["shorts"] > 20  # the short stream was sustained while it waited
 
     # Control: plain SJF, same load. The long request is still waiting well past the bound.
-    plain = gateways([worker.url], policy="sjf", **common)
+    plain = gateway_process_factory([worker.url], policy="sjf", **common)
     control = await _starve(plain, long_len=100, short_clients=6, observe_s=bound + 2.0)
     assert control["queue_wait_s"] is None, control

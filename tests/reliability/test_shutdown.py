@@ -10,7 +10,7 @@ from collections import Counter
 
 import httpx
 import pytest
-from reliability_harness import assert_openai_error, chat_body, sse_payloads, wait_until
+from harness import assert_openai_error, chat_body, sse_payloads, wait_until
 
 CHAT = "/v1/chat/completions"
 
@@ -34,11 +34,11 @@ async def _complete(client: httpx.AsyncClient, url: str, i: int, length: int) ->
 
 
 async def test_sigterm_drains_in_flight_requests_refuses_new_ones_and_exits_zero(
-    standins, gateways
+    standin_factory, gateway_process_factory
 ):
-    worker = standins(token_delay_s=0.02)
+    worker = standin_factory(token_delay_s=0.02)
     grace_s = 15.0
-    gw = gateways([worker.url], max_sequences_per_worker=8, shutdown_grace_s=grace_s)
+    gw = gateway_process_factory([worker.url], max_sequences_per_worker=8, shutdown_grace_s=grace_s)
     async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=None)) as client:
         # 16 requests of 2 s each: 8 running, 8 queued behind them when SIGTERM arrives.
         accepted = [asyncio.ensure_future(_complete(client, gw.url, i, 100)) for i in range(16)]
@@ -68,12 +68,12 @@ async def test_sigterm_drains_in_flight_requests_refuses_new_ones_and_exits_zero
 
 @pytest.mark.parametrize("pooled", [False, True], ids=["fresh-connections", "pooled-connections"])
 async def test_rolling_restart_of_two_gateways_loses_no_accepted_request(
-    standins, gateways, pooled: bool
+    standin_factory, gateway_process_factory, pooled: bool
 ):
-    workers = [standins(token_delay_s=0.01), standins(token_delay_s=0.01)]
+    workers = [standin_factory(token_delay_s=0.01), standin_factory(token_delay_s=0.01)]
     urls = [w.url for w in workers]
     settings = {"max_sequences_per_worker": 8, "shutdown_grace_s": 20.0}
-    pool = [gateways(urls, **settings), gateways(urls, **settings)]
+    pool = [gateway_process_factory(urls, **settings), gateway_process_factory(urls, **settings)]
     tally: Counter = Counter()
     stop = asyncio.Event()
 
@@ -123,7 +123,7 @@ async def test_rolling_restart_of_two_gateways_loses_no_accepted_request(
             assert code == 0, old.log_tail()
             # The replacement comes up on the same address (as a pod would behind its service).
             pool[k] = await asyncio.to_thread(
-                lambda port=old.port: gateways(urls, port=port, **settings))
+                lambda port=old.port: gateway_process_factory(urls, port=port, **settings))
             await asyncio.sleep(1.0)
         stop.set()
         await asyncio.gather(*loops)

@@ -8,7 +8,7 @@ import json
 
 import httpx
 import pytest
-from gateway_harness import free_port, wait_until
+from harness import free_port, wait_until
 
 from server.request_log import read_request_log
 
@@ -128,20 +128,20 @@ def test_extra_fields_priority_and_edt_reach_vllm(standin_factory, gateway_facto
         (b'{"model": "standin", "messages": "hello"}', 400),
         (b'{"model": "standin", "messages": [{"role": "user", "content": "x"}], "n": "2"}', 400),
         (b'{"model": "standin", "messages": [{"role": "user", "content": "x"}], "n": 10000}', 400),
-        (b'{"model": "standin", "messages": [{"role": "user", "content": "x"}], '
-         b'"max_tokens": 1000000000}', 400),
+        ((b'{"model": "standin", "messages": [{"role": "user", "content": "x"}], '
+          b'"max_tokens": 1000000000}'), 400),
         (b'{"model": "standin", "messages": [{"role": "user", "content": "x"}], "max_tokens": -1}',
          400),
         (b'{"model": "standin", "messages": [{"role": "user", "content": "x"}], "stream": "yes"}',
          400),
-        (b'{"model": "standin", "messages": [{"role": "user", "content": "x"}], '
-         b'"temperature": NaN}', 400),
-        (b'{"model": "standin", "messages": [{"role": "user", "content": "x"}], '
-         b'"edt": {"theta": -1, "n": 0.5}}', 400),
-        (b'{"model": "standin", "messages": [{"role": "user", "content": "x"}], '
-         b'"edt": {"theta": 1, "n": 1.0}}', 400),
-        (b'{"model": "standin", "messages": [{"role": "user", "content": "x"}], '
-         b'"edt": {"theta": 1}}', 400),
+        ((b'{"model": "standin", "messages": [{"role": "user", "content": "x"}], '
+          b'"temperature": NaN}'), 400),
+        ((b'{"model": "standin", "messages": [{"role": "user", "content": "x"}], '
+          b'"edt": {"theta": -1, "n": 0.5}}'), 400),
+        ((b'{"model": "standin", "messages": [{"role": "user", "content": "x"}], '
+          b'"edt": {"theta": 1, "n": 1.0}}'), 400),
+        ((b'{"model": "standin", "messages": [{"role": "user", "content": "x"}], '
+          b'"edt": {"theta": 1}}'), 400),
         (b"[" * 100_000 + b"]" * 100_000, 400),
         (b'{"model": "nope", "messages": [{"role": "user", "content": "x"}]}', 404),
     ],
@@ -329,7 +329,7 @@ async def test_client_disconnects_abort_upstream_and_free_the_gateway(
     assert state["completed"] == 0
     assert state["aborted"] == len(state["received"])
     assert gw.gateway.dispatcher.queue_depth() == 0
-    metrics = httpx.get(gw.url + "/metrics").text
+    metrics = (await asyncio.to_thread(httpx.get, gw.url + "/metrics")).text
     assert f'lengthwise_worker_in_flight{{worker="{worker.url}"}} 0.0' in metrics
     records = read_request_log(gw.gateway.cfg.request_log_path)
     assert len(records) == 16 and {r["status"] for r in records} == {"client_disconnected"}

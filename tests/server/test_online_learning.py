@@ -9,7 +9,7 @@ import re
 
 import httpx
 import numpy as np
-from gateway_harness import wait_until
+from harness import wait_until
 
 from server.online_learning import OnlineLearningPredictor, OnlineLearningSettings
 

@@ -15,7 +15,7 @@ PROMPT = "Name three primary colors."
 
 @pytest.fixture(scope="module")
 def gw_and_direct(vllm_worker, length_predictor, tmp_path_factory):
-    from gateway_harness import GatewayServer, free_port
+    from harness import InProcessGateway, free_port
 
     from server.config import GatewayConfig
 
@@ -24,7 +24,7 @@ def gw_and_direct(vllm_worker, length_predictor, tmp_path_factory):
         "request_log_path": tmp_path_factory.mktemp("conformance") / "requests.jsonl",
         "health_timeout_s": 5.0,
     })
-    server = GatewayServer(cfg, length_predictor).start()
+    server = InProcessGateway(cfg, length_predictor).start()
     via = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0,
                         timeout=120)
     direct = openai.OpenAI(base_url=vllm_worker.openai_base_url, api_key="unused",
@@ -35,8 +35,8 @@ def gw_and_direct(vllm_worker, length_predictor, tmp_path_factory):
 
 def test_chat_non_streaming_matches_vllm(gw_and_direct):
     via, direct, model, _ = gw_and_direct
-    kwargs = dict(model=model, messages=[{"role": "user", "content": PROMPT}], max_tokens=12,
-                  temperature=0.0, seed=1)
+    kwargs = {"model": model, "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 12,
+              "temperature": 0.0, "seed": 1}
     raw = via.chat.completions.with_raw_response.create(**kwargs)
     got = raw.parse()
     want = direct.chat.completions.create(**kwargs)
@@ -50,8 +50,8 @@ def test_chat_non_streaming_matches_vllm(gw_and_direct):
 
 def test_chat_streaming_with_and_without_usage(gw_and_direct):
     via, direct, model, _ = gw_and_direct
-    kwargs = dict(model=model, messages=[{"role": "user", "content": PROMPT}], max_tokens=10,
-                  temperature=0.0)
+    kwargs = {"model": model, "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 10,
+              "temperature": 0.0}
     want = direct.chat.completions.create(**kwargs)
 
     chunks = list(via.chat.completions.create(**kwargs, stream=True,
@@ -69,7 +69,8 @@ def test_chat_streaming_with_and_without_usage(gw_and_direct):
 
 def test_completions_streaming_and_not_match_vllm(gw_and_direct):
     via, direct, model, _ = gw_and_direct
-    kwargs = dict(model=model, prompt="The capital of France is", max_tokens=8, temperature=0.0)
+    kwargs = {"model": model, "prompt": "The capital of France is", "max_tokens": 8,
+              "temperature": 0.0}
     want = direct.completions.create(**kwargs)
     got = via.completions.create(**kwargs)
     assert got.choices[0].text == want.choices[0].text
@@ -84,10 +85,11 @@ def test_completions_streaming_and_not_match_vllm(gw_and_direct):
 
 def test_sampling_parameters_pass_through(gw_and_direct):
     via, direct, model, _ = gw_and_direct
-    kwargs = dict(model=model, messages=[{"role": "user", "content": "Tell me a fact."}],
-                  max_completion_tokens=6, temperature=0.8, top_p=0.9, n=2, seed=7,
-                  stop=["\n\n"], presence_penalty=0.1, frequency_penalty=0.1, logprobs=True,
-                  top_logprobs=2, user="conformance", extra_body={"top_k": 20})
+    kwargs = {"model": model, "messages": [{"role": "user", "content": "Tell me a fact."}],
+              "max_completion_tokens": 6, "temperature": 0.8, "top_p": 0.9, "n": 2, "seed": 7,
+              "stop": ["\n\n"], "presence_penalty": 0.1, "frequency_penalty": 0.1,
+              "logprobs": True, "top_logprobs": 2, "user": "conformance",
+              "extra_body": {"top_k": 20}}
     got = via.chat.completions.create(**kwargs)
     want = direct.chat.completions.create(**kwargs)
     assert len(got.choices) == 2

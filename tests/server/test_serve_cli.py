@@ -9,7 +9,7 @@ import threading
 import time
 
 import httpx
-from gateway_harness import free_port, wait_until
+from harness import free_port, wait_until
 
 from predictor.locations import REPO_ROOT
 

@@ -1,6 +1,6 @@
 """Run the real gateway as its own process for reliability tests.
 
-``python tests/reliability/gateway_main.py CONFIG.json`` builds the gateway from
+``python tests/gateway_main.py CONFIG.json`` builds the gateway from
 the config file (plus ``LENGTHWISE_*`` environment variables) exactly as
 ``lengthwise serve`` does, with the stand-in's oracle length predictor, and
 serves it with the same SIGTERM-draining server (``server.shutdown.serve_app``).

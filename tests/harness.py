@@ -1,9 +1,16 @@
-"""Real processes for reliability tests: stand-in vLLM workers and the gateway itself.
+"""Real processes and servers for gateway tests: stand-in vLLM workers and the gateway.
 
-Everything talks over real sockets: the gateway runs as its own process
-(``gateway_main.py``, the same app and SIGTERM handling as ``lengthwise serve``)
-in front of stand-in vLLM server processes (``tests/standin_worker.py``) that can
-be told to fail, stall or die, and report how many requests they are running.
+Everything talks over real sockets. Stand-in vLLM servers (``standin_worker.py``)
+run as their own processes and can be told to fail, stall or die, and report how
+many requests they are running. The gateway runs one of two ways:
+
+* ``GatewayProcess``: its own process (``gateway_main.py``: the same app and the
+  same SIGTERM-draining server as ``lengthwise serve``), for tests that signal,
+  kill or restart it;
+* ``InProcessGateway``: served by uvicorn on a real port from a thread of the test
+  process, for tests that look at its internal state (``.gateway``).
+
+The fixtures that start and clean these up are in ``tests/conftest.py``.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,12 +29,18 @@ from typing import Any
 
 import httpx
 import psutil
+import uvicorn
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent.parent
-STANDIN = REPO / "tests" / "standin_worker.py"
-GATEWAY_MAIN = HERE / "gateway_main.py"
+from predictor.types import LengthPredictor
+from server.app import Gateway, create_app
+from server.config import GatewayConfig
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+STANDIN = TESTS / "standin_worker.py"
+GATEWAY_MAIN = TESTS / "gateway_main.py"
 MODEL = "standin"
 
 
@@ -38,6 +52,7 @@ def free_port() -> int:
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float = 10.0,
                interval_s: float = 0.05) -> bool:
+    """Poll ``predicate`` until it holds; an HTTP error counts as "not yet"."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
@@ -49,26 +64,28 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float = 10.0,
     return predicate()
 
 
-def _env() -> dict[str, str]:
+def _child_env() -> dict[str, str]:
+    # The child must see the repo's packages and none of the developer's LENGTHWISE_* settings.
     env = {k: v for k, v in os.environ.items() if not k.startswith("LENGTHWISE_")}
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     return env
 
 
-class Standin:
+class StandinWorker:
     """A stand-in vLLM OpenAI server process; ``control()`` makes it misbehave."""
 
-    def __init__(self, token_delay_s: float = 0.005, default_len: int = 8,
+    def __init__(self, model: str = MODEL, token_delay_s: float = 0.005, default_len: int = 8,
                  port: int | None = None) -> None:
+        self.model = model
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.args = [sys.executable, str(STANDIN), "--port", str(self.port), "--model", MODEL,
+        self.args = [sys.executable, str(STANDIN), "--port", str(self.port), "--model", model,
                      "--token-delay-s", str(token_delay_s), "--default-len", str(default_len)]
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> Standin:
+    def start(self) -> StandinWorker:
         self.proc = subprocess.Popen(self.args, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, env=_env())
+                                     stderr=subprocess.DEVNULL, env=_child_env())
         if not wait_until(self._up, 30.0):
             raise RuntimeError(f"stand-in on {self.url} did not start")
         return self
@@ -87,8 +104,12 @@ class Standin:
             self.proc.kill()
             self.proc.wait(10)
 
+    def restart(self) -> None:
+        self.kill()
+        self.start()
 
-class Gateway:
+
+class GatewayProcess:
     """The gateway as a separate process on a free port, configured by a JSON file."""
 
     def __init__(self, workdir: Path, workers: list[str], port: int | None = None,
@@ -108,12 +129,12 @@ class Gateway:
         self.log_path = workdir / f"gateway-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, wait_healthy: bool = True) -> Gateway:
+    def start(self, wait_healthy: bool = True) -> GatewayProcess:
         self.config_path.write_text(json.dumps(self.config))
         self._log = open(self.log_path, "ab")  # noqa: SIM115 (the child writes to it until stop())
         self.proc = subprocess.Popen(
             [sys.executable, str(GATEWAY_MAIN), str(self.config_path)],
-            stdout=self._log, stderr=subprocess.STDOUT, env=_env(), cwd=REPO,
+            stdout=self._log, stderr=subprocess.STDOUT, env=_child_env(), cwd=REPO,
         )
         check = self._healthy if wait_healthy else self._listening
         if not wait_until(check, 60.0, 0.1):
@@ -176,6 +197,34 @@ class Gateway:
         if not path.exists():
             return []
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class InProcessGateway:
+    """The gateway app served by uvicorn on a real port, in a background thread."""
+
+    def __init__(self, cfg: GatewayConfig, predictor: LengthPredictor) -> None:
+        self.registry = CollectorRegistry()
+        self.app = create_app(cfg, predictor=predictor, registry=self.registry)
+        self.port = cfg.port
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
+                                lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def start(self) -> InProcessGateway:
+        self.thread.start()
+        if not wait_until(lambda: self.server.started, 20.0):
+            raise RuntimeError("gateway did not start")
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+    @property
+    def gateway(self) -> Gateway:
+        return self.app.state.gateway
 
 
 def chat_body(text: str = "Hello there", **extra: Any) -> dict:
