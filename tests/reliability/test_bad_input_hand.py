@@ -238,15 +238,7 @@ def test_huge_header_section_gets_400_and_is_not_buffered(gw):
 def _raw_exchange(port: int, request: bytes) -> tuple[bytes, bytes]:
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(request)
-        data = b""
-        while True:
-            try:
-                more = sock.recv(65536)
-            except OSError:
-                break
-            if not more:
-                break
-            data += more
+        data = _read_all(sock)
     head, _, body = data.partition(b"\r\n\r\n")
     return head, body
 
