@@ -144,9 +144,11 @@ async def _soak(url: str, bodies: list[dict], rate: float, s: SoakSettings, pid:
     return tally, rss, sent
 
 
-def _slope_mib_per_hour(samples: list[tuple[float, int]]) -> tuple[float, float]:
-    """Least-squares slope of RSS (MiB per hour) after the first 10% of samples, and r^2."""
-    pts = samples[len(samples) // 10:]
+def _slope_mib_per_hour(samples: list[tuple[float, int]],
+                        skip_fraction: float = 0.1) -> tuple[float, float]:
+    """Least-squares slope of RSS (MiB per hour) after the first ``skip_fraction`` of
+    samples, and r^2."""
+    pts = samples[int(len(samples) * skip_fraction):]
     if len(pts) < 3:
         return float("nan"), float("nan")
     xs = [t / 3600.0 for t, _ in pts]
@@ -180,6 +182,9 @@ def run_soak(worker_url: str, model: str, s: SoakSettings, out_dir: Path | None 
         tally, rss, sent = asyncio.run(_soak(url, bodies, rate, s, gw.proc.pid, log))
         metrics_text = httpx.get(gw.url + "/metrics", timeout=10).text
     slope, r2 = _slope_mib_per_hour(rss)
+    # Warm-up growth (the online-learning buffer filling, allocator arenas) flattens out;
+    # the second half's slope is what a leak would keep.
+    late_slope, late_r2 = _slope_mib_per_hour(rss, skip_fraction=0.5)
     lat = tally.latencies
     report = {
         "settings": asdict(s),
@@ -198,6 +203,8 @@ def run_soak(worker_url: str, model: str, s: SoakSettings, out_dir: Path | None 
         "gateway_rss_max_mib": max(r for _, r in rss) / 2**20 if rss else None,
         "gateway_rss_slope_mib_per_hour": slope,
         "gateway_rss_slope_r2": r2,
+        "gateway_rss_slope_second_half_mib_per_hour": late_slope,
+        "gateway_rss_slope_second_half_r2": late_r2,
         "gateway_rss_samples": [[round(t, 1), round(r / 2**20, 2)] for t, r in rss],
         "gateway_retries_total": _metric_sum(metrics_text, "lengthwise_retries_total"),
     }
