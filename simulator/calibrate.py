@@ -4,7 +4,7 @@ The sweep measures two kinds of step from the client side, with streaming:
 
 * **Decode steps.** ``B`` concurrent requests with a ``P``-token prompt each
   generate ``decode_tokens`` tokens (``ignore_eos``). Once every request has
-  its first token, the batch is pure decode, so the median gap between
+  its first token, the batch is pure decode, so the mean gap between
   streamed tokens in the middle of the streams is one step of ``B`` decodes
   over about ``P + k`` KV tokens each.
 * **Prefill steps.** One request with a ``P``-token prompt and
@@ -323,7 +323,7 @@ async def _request_overhead(
 async def _decode_step(
     client: _Client, b: int, p: int, plan: CalibrationPlan
 ) -> tuple[Measurement, float] | None:
-    """``b`` concurrent ``p``-token prompts; the median token gap once all decode."""
+    """``b`` concurrent ``p``-token prompts; the mean token gap once all decode."""
     runs = await asyncio.gather(*[client.stream(p, plan.decode_tokens) for _ in range(b)])
     lo = max(2, plan.decode_tokens // 4)
     hi = plan.decode_tokens - 2
@@ -339,7 +339,9 @@ async def _decode_step(
     ]
     if not gaps:
         return None
-    step = statistics.median(gaps)
+    # The mean, not the median: the simulator needs the time the steps really add up to, and
+    # the occasional slow step (the API server's output processing, a GC pause) is part of it.
+    step = statistics.fmean(gaps)
     mid = (lo + hi) // 2
     return Measurement("decode", BatchShape([], [], b, b * (p + mid)), step), step
 

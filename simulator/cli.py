@@ -440,6 +440,10 @@ def fidelity(
     gateway_overhead_ms: Annotated[float, typer.Option(
         help="The gateway's own hop per request (bench overhead: paired_overhead_p50_ms)")] = 0.0,
     tolerance: Annotated[float, typer.Option(help="Allowed |relative error| of the means")] = 0.10,
+    what_if: Annotated[str | None, typer.Option(
+        help="Also replay the first log under fcfs, sjf-aged (logged predictions) and "
+             "sjf-aged with the true lengths (oracle) at these gateway admission limits, "
+             "e.g. '16,8,4': how much ordering can buy on this workload")] = None,
     output_json: Annotated[Path, typer.Option()] = Path("reports/sim_fidelity_cpu.json"),
     strict: Annotated[bool, typer.Option(help="Exit 1 when an arm misses the tolerance")] = False,
 ) -> None:
@@ -450,7 +454,13 @@ def fidelity(
     from server.policy import EngineQueueMode
 
     from .calibrate import RequestOverhead, load_request_overhead
-    from .fidelity import ClientArrivals, LiveSetup, format_table, run_fidelity
+    from .fidelity import (
+        ClientArrivals,
+        LiveSetup,
+        format_table,
+        policy_what_if,
+        run_fidelity,
+    )
     from .latency import load_cost_model
 
     try:
@@ -484,10 +494,16 @@ def fidelity(
         )
         setup = replace(setup, overhead=overhead)
         report = run_fidelity(logs, latency, setup)
+        if what_if:
+            admissions = [int(x) for x in what_if.split(",") if x.strip()]
+            report["what_if"] = policy_what_if(logs[0], latency, setup, admissions)
     except (OSError, ValueError, KeyError) as exc:
         _fail(str(exc))
     write_json_report(output_json, report)
     typer.echo(format_table(report))
+    for row in report.get("what_if", {}).get("rows", []):
+        ratios = ", ".join(f"{k} {v:.3f}" for k, v in row["e2e_mean_over_fcfs"].items())
+        typer.echo(f"what-if, admission {row['admission_max_sequences']}: mean E2E / fcfs: {ratios}")
     typer.echo(f"wrote {output_json}")
     if strict and not report["pass"]:
         raise typer.Exit(1)

@@ -178,3 +178,23 @@ def test_without_chunked_prefill_a_prompt_that_does_not_fit_waits(chunked, first
     result = run_simulation(requests, [0.0, 0.0], config, STEP)
     assert result.replicas[0].steps[0].num_scheduled_tokens == first_step_tokens
     assert result.gateway.completed == 2
+
+
+def test_what_if_bounds_what_ordering_can_buy_with_an_oracle(tmp_path, cost_model):
+    burst = _burst(30, seed=5)
+    fcfs = tmp_path / "gateway_fcfs.requests.jsonl"
+    _write_live_log(fcfs, PolicyName.FCFS, burst)
+
+    result, out = _fidelity(tmp_path, cost_model, fcfs, extra=("--what-if", "8,2"))
+
+    assert result.exit_code == 0, result.output
+    rows = json.loads(out.read_text())["what_if"]["rows"]
+    assert [r["admission_max_sequences"] for r in rows] == [8, 2]
+    for row in rows:
+        ratios = row["e2e_mean_over_fcfs"]
+        assert ratios["fcfs"] == 1.0
+        # shortest-first by the true lengths cannot lose to arrival order on a burst
+        assert ratios["sjf_oracle"] < 1.0
+    # a tighter admission limit leaves more in the queue for ordering to act on
+    assert rows[1]["e2e_mean_over_fcfs"]["sjf_oracle"] < rows[0]["e2e_mean_over_fcfs"]["sjf_oracle"]
+    assert "what-if, admission 2" in result.output
