@@ -4,6 +4,7 @@ in one process."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -34,6 +35,7 @@ from server.errors import install_error_handlers
 from server.metrics import GatewayMetrics
 from server.online_learning import wrap_for_online_learning
 from server.policy import make_policy
+from server.proxy import upstream_session
 from server.rate_limit import RateLimiter
 from server.request_log import RequestLog
 
@@ -98,6 +100,7 @@ def create_app(
             timeout=httpx.Timeout(cfg.request_timeout_s, connect=cfg.connect_timeout_s),
             trust_env=False,
         )
+        session = upstream_session()
         request_log = RequestLog(cfg.request_log_path)
         request_log.open()
         monitor = WorkerMonitor(
@@ -114,7 +117,8 @@ def create_app(
             cfg.health_timeout_s,
         )
         service = CompletionService(
-            cfg, dispatcher, pool, client, length_predictor, metrics, request_log, clock
+            cfg, dispatcher, pool, client, session, length_predictor, metrics, request_log,
+            clock,
         )
         app.state.rate_limiter = RateLimiter(
             cfg.rate_limit_requests_per_min, cfg.rate_limit_tokens_per_min, clock)
@@ -124,6 +128,11 @@ def create_app(
         )
         await monitor.start()
         stats_poller.start()
+        if cfg.gc_freeze_after_start:
+            # Everything built so far lives as long as the gateway: a full collection
+            # should not re-scan it on every pass (see the setting's documentation).
+            gc.collect()
+            gc.freeze()
         log.info("gateway ready: %d/%d workers healthy, policy %s",
                  len(pool.healthy_ids()), len(pool.workers), cfg.policy.value)
         try:
@@ -136,6 +145,7 @@ def create_app(
             await stats_poller.stop()
             await monitor.stop()
             await client.aclose()
+            await session.close()
             request_log.close()
 
     app = FastAPI(

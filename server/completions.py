@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import httpx
 from starlette.responses import Response
 from starlette.types import Receive
@@ -92,6 +93,7 @@ class CompletionService:
         dispatcher: Dispatcher,
         pool: WorkerPool,
         client: httpx.AsyncClient,
+        session: aiohttp.ClientSession,
         predictor: LengthPredictor,
         metrics: GatewayMetrics,
         request_log: RequestLog,
@@ -100,7 +102,8 @@ class CompletionService:
         self.cfg = cfg
         self.dispatcher = dispatcher
         self.pool = pool
-        self.client = client
+        self.client = client  # streams
+        self.session = session  # non-streaming answers (see ``upstream_session``)
         self.predictor = predictor
         self.metrics = metrics
         self.request_log = request_log
@@ -355,9 +358,9 @@ class CompletionService:
     ) -> UpstreamReply | OpenStream:
         if not stream:
             # first_byte_timeout_s bounds the whole answer (see config), leaving time to retry.
-            timeout = httpx.Timeout(min(self.cfg.first_byte_timeout_s, remaining),
-                                    connect=self.cfg.connect_timeout_s)
-            return await post_complete(self.client, url, body, timeout)
+            return await post_complete(self.session, url, body,
+                                       min(self.cfg.first_byte_timeout_s, remaining),
+                                       self.cfg.connect_timeout_s)
         inspector = SSEInspector(self.clock, strip_usage)
         return await open_stream(
             self.client, url, body, connect_timeout_s=self.cfg.connect_timeout_s,
