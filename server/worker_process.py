@@ -20,6 +20,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 from server.edt.worker_metrics import HOST_ENV as EDT_METRICS_HOST_ENV
 from server.edt.worker_metrics import PORT_ENV as EDT_METRICS_PORT_ENV
@@ -261,7 +262,7 @@ class WorkerProcess:
         except ProcessLookupError:
             pass
 
-    def __enter__(self) -> WorkerProcess:
+    def __enter__(self) -> Self:
         self.start()
         return self
 

@@ -11,6 +11,7 @@ quality-diversity plot ``reports/edt_eval.png``.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import platform
 import time
 from collections.abc import Sequence
@@ -70,6 +71,27 @@ def pareto_front(rows: Sequence[dict]) -> list[str]:
         if not dominated:
             front.append(row["setting"])
     return front
+
+
+def quality_above_fixed_curve(rows: Sequence[dict]) -> dict[str, float | None]:
+    """Per EDT setting: its ROUGE-L minus the fixed-temperature curve's at the same Self-BLEU.
+
+    The fixed curve is the piecewise-linear interpolation between neighbouring fixed
+    temperatures ordered by Self-BLEU; positive means EDT buys quality at equal diversity.
+    None where the EDT point's Self-BLEU lies outside the fixed settings' range.
+    """
+    fixed = sorted((r["self_bleu"], r["rouge_l_f1"]) for r in rows if r["kind"] == "fixed")
+    out: dict[str, float | None] = {}
+    for row in rows:
+        if row["kind"] != "edt":
+            continue
+        x, gain = row["self_bleu"], None
+        for (x0, y0), (x1, y1) in itertools.pairwise(fixed):
+            if x0 <= x <= x1 and x1 > x0:
+                gain = row["rouge_l_f1"] - (y0 + (y1 - y0) * (x - x0) / (x1 - x0))
+                break
+        out[row["setting"]] = gain
+    return out
 
 
 async def _evaluate_setting(
@@ -174,6 +196,7 @@ def evaluate(
         "best_edt": best_edt["setting"],
         "edt_beats_fixed_on_tradeoff": best_edt["tradeoff"] > best_fixed["tradeoff"],
         "edt_on_pareto_front": [s for s in front if s.startswith("EDT")],
+        "edt_rouge_l_above_fixed_curve": quality_above_fixed_curve(rows),
         "machine": {"platform": platform.platform(), "python": platform.python_version()},
     }
 

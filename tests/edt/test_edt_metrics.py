@@ -60,3 +60,20 @@ def test_grid_rejects_invalid_edt_settings_before_sending():
     grid = build_grid([0.7], [1.0], [0.5], n=1.5)
     with pytest.raises(ValueError):
         grid[-1].request_extra()
+
+
+def test_quality_above_the_fixed_curve_is_measured_at_equal_diversity():
+    from server.edt.evaluate import quality_above_fixed_curve
+
+    rows = [
+        {"setting": "fixed T=0.7", "kind": "fixed", "self_bleu": 20.0, "rouge_l_f1": 0.20},
+        {"setting": "fixed T=1", "kind": "fixed", "self_bleu": 10.0, "rouge_l_f1": 0.10},
+        {"setting": "above", "kind": "edt", "self_bleu": 15.0, "rouge_l_f1": 0.17},
+        {"setting": "below", "kind": "edt", "self_bleu": 12.0, "rouge_l_f1": 0.10},
+        {"setting": "outside", "kind": "edt", "self_bleu": 5.0, "rouge_l_f1": 0.30},
+    ]
+    gains = quality_above_fixed_curve(rows)
+    assert gains["above"] == pytest.approx(0.02)   # the curve is at 0.15 there
+    assert gains["below"] == pytest.approx(-0.02)  # the curve is at 0.12 there
+    assert gains["outside"] is None
+    assert set(gains) == {"above", "below", "outside"}
