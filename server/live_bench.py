@@ -32,6 +32,7 @@ import httpx
 
 from predictor.files import write_json_report
 from predictor.locations import REPO_ROOT, reports_dir, shared_dir
+from server.worker_process import free_port
 
 ARMS = ("vllm_direct", "gateway_fcfs", "gateway_sjf")
 
@@ -240,14 +241,6 @@ class GatewayProcess:
                 os.killpg(os.getpgid(self.proc.pid), signal.SIGKILL)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _gateway_args(w: Workload, policy: str, request_log: Path) -> list[str]:
     return ["--policy", policy, "--max-sequences-per-worker", str(w.max_sequences_per_worker),
             "--queue-capacity", str(max(1024, w.num_requests)), "--request-log", str(request_log)]
@@ -286,7 +279,7 @@ def run_live_bench(
             policy = "fcfs" if arm == "gateway_fcfs" else w.sjf_policy
             req_log = scratch / f"{arm}.requests.jsonl"
             req_log.unlink(missing_ok=True)
-            with GatewayProcess(worker_url, _free_port(), _gateway_args(w, policy, req_log),
+            with GatewayProcess(worker_url, free_port(), _gateway_args(w, policy, req_log),
                                 scratch / f"{arm}.gateway.log") as gw:
                 results = asyncio.run(run_arm(gw.url, bodies, offsets))
         all_results[arm] = results
@@ -378,7 +371,7 @@ def measure_overhead(
     args = ["--policy", "sjf-aged", "--request-log", str(scratch / "overhead.requests.jsonl")]
     direct: list[float] = []
     via: list[float] = []
-    with (GatewayProcess(worker_url, _free_port(), args, scratch / "overhead.gateway.log") as gw,
+    with (GatewayProcess(worker_url, free_port(), args, scratch / "overhead.gateway.log") as gw,
           httpx.Client(timeout=60, trust_env=False) as client):
             for i in range(10):  # warm both paths and connections
                 client.post(f"{worker_url}/v1/chat/completions", json=body)

@@ -143,7 +143,8 @@ def live(profile_dir: Path, worker_url: str, requests: int = 1000, window: int =
     import httpx
 
     from predictor.profiling.report import load_profile
-    from server.live_bench import GatewayProcess, Workload, _free_port, arrival_offsets, run_arm
+    from server.live_bench import GatewayProcess, Workload, arrival_offsets, run_arm
+    from server.worker_process import free_port
 
     profile = load_profile(profile_dir)
     model = str(profile["model"].iloc[0])
@@ -165,7 +166,7 @@ def live(profile_dir: Path, worker_url: str, requests: int = 1000, window: int =
             os.environ["LENGTHWISE_ONLINE_REFIT_EVERY"] = str(refit_every)
             os.environ["LENGTHWISE_ONLINE_MIN_OBSERVATIONS"] = str(max(20, refit_every))
             os.environ["LENGTHWISE_ONLINE_WINDOW"] = str(window)
-            with GatewayProcess(worker_url, _free_port(), args, Path(tmp) / "gateway.log") as gw:
+            with GatewayProcess(worker_url, free_port(), args, Path(tmp) / "gateway.log") as gw:
                 results = asyncio.run(run_arm(gw.url, bodies, offsets))
                 metrics = httpx.get(gw.url + "/metrics", timeout=10).text
         windows = []

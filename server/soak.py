@@ -28,7 +28,8 @@ import psutil
 
 from predictor.files import write_json_report
 from predictor.locations import cache_dir, reports_dir
-from server.live_bench import GatewayProcess, _free_port, load_prompts, percentile
+from server.live_bench import GatewayProcess, load_prompts, percentile
+from server.worker_process import free_port
 
 
 @dataclass(frozen=True)
@@ -169,7 +170,7 @@ def run_soak(worker_url: str, model: str, s: SoakSettings, out_dir: Path | None 
     work = cache_dir() / "soak"
     work.mkdir(parents=True, exist_ok=True)
     bodies = _bodies(model, s, 4000)
-    port = _free_port()
+    port = free_port()
     args = ["--max-sequences-per-worker", str(s.max_sequences_per_worker),
             "--request-log", str(work / "requests.jsonl")]
     with GatewayProcess(worker_url, port, args, work / "gateway.log") as gw:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -36,18 +35,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from predictor.types import LengthPredictor
 from server.app import Gateway, create_app
 from server.config import GatewayConfig
+from server.worker_process import free_port
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
 STANDIN = TESTS / "standin_worker.py"
 GATEWAY_MAIN = TESTS / "gateway_main.py"
 MODEL = "standin"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float = 10.0,

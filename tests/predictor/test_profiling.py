@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,15 +18,10 @@ import pytest
 from predictor.loader import default_castillo_dir
 from predictor.profiling.prompt_files import read_prompt_file, read_prompt_files
 from predictor.profiling.report import build_report, load_profile
+from server.worker_process import free_port
 
 STANDIN = Path(__file__).resolve().parents[1] / "standin_worker.py"
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -35,7 +29,7 @@ def standin():
     procs = []
 
     def start(token_delay_s: float = 0.0) -> str:
-        port = _free_port()
+        port = free_port()
         proc = subprocess.Popen([sys.executable, str(STANDIN), "--port", str(port), "--model",
                                  "tiny-served", "--token-delay-s", str(token_delay_s)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
