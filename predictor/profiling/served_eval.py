@@ -10,8 +10,13 @@ gateway caps by the request's):
 * ``both``: CASTILLO's training split plus the profile's training prompts, the
   served model as one more model name (the known path answers).
 
-Training rows of both sources are cleaned with the paper's degeneration rule (the
-profile's scaled to its cap, see :mod:`predictor.profiling.degeneration`).
+CASTILLO's training rows are cleaned with the paper's degeneration rule. Profile
+rows are flagged with the same rule scaled to the run's cap (see
+:mod:`predictor.profiling.degeneration`), but only the ``high_variance`` rows are
+dropped for training: a row whose completions hit a short cap is not an outlier
+(the cap bounds it) and its capped mean is exactly the length the gateway meets at
+that cap. Dropping it, as the paper does at a 15,000-token cap, would remove most of
+a short-cap profile and all of its long-answer prompts.
 """
 
 from __future__ import annotations
@@ -44,6 +49,13 @@ def profile_params(params: TrainParams, rows: int) -> TrainParams:
 
 
 def clean_profile(frame: pd.DataFrame, cap: int) -> pd.DataFrame:
+    """Profile rows fit for training: the scaled rule's ``high_variance`` rows removed."""
+    _cap_hit, high_variance = flag_degenerate(frame, cap)
+    return frame[~high_variance].reset_index(drop=True)
+
+
+def unflagged_profile(frame: pd.DataFrame, cap: int) -> pd.DataFrame:
+    """Rows the scaled rule does not flag at all (neither cap hit nor high variance)."""
     cap_hit, high_variance = flag_degenerate(frame, cap)
     return frame[~(cap_hit | high_variance)].reset_index(drop=True)
 
@@ -74,6 +86,7 @@ def evaluate_served_model(profile_dir: Path | str, castillo_source: Path | str |
     train_part, test_part = grouped_split(profile, test_fraction, SPLIT_SALT)
     train_clean = clean_profile(train_part, cap)
     test_clean = clean_profile(test_part, cap)
+    test_unflagged = unflagged_profile(test_part, cap)
     params = params or TrainParams()
 
     castillo = load_castillo(castillo_source)
@@ -107,6 +120,7 @@ def evaluate_served_model(profile_dir: Path | str, castillo_source: Path | str |
         settings[name] = {
             "held_out_clean": _scores(predictor, test_clean, model, cap),
             "held_out_all": _scores(predictor, test_part, model, cap),
+            "held_out_unflagged": _scores(predictor, test_unflagged, model, cap),
             "train_or_load_seconds": round(seconds, 1),
         }
     return {
@@ -119,6 +133,9 @@ def evaluate_served_model(profile_dir: Path | str, castillo_source: Path | str |
             "profile_train_prompts_after_cleaning": len(train_clean),
             "held_out_prompts": len(test_part),
             "held_out_prompts_after_cleaning": len(test_clean),
+            "held_out_prompts_unflagged": len(test_unflagged),
+            "profile_rows_cap_hit": int(flag_degenerate(profile, cap)[0].sum()),
+            "profile_rows_high_variance": int(flag_degenerate(profile, cap)[1].sum()),
             "held_out_prompts_whose_text_is_in_castillo_training": overlap,
             "castillo_training_rows_after_cleaning": len(castillo_clean),
             "castillo_rows_removed_by_cleaning": int(cleaning.rows_removed),
@@ -126,5 +143,6 @@ def evaluate_served_model(profile_dir: Path | str, castillo_source: Path | str |
         },
         "notes": ("truth = each held-out prompt's mean of its sampled lengths (capped by the run); "
                   "kendall_tau_single ranks against one sampled completion, what a scheduler meets; "
-                  "held_out_clean drops rows flagged by the scaled degeneration rule, held_out_all keeps them"),
+                  "held_out_clean drops the scaled rule's high-variance rows (as training does), "
+                  "held_out_unflagged also drops cap-hit rows, held_out_all keeps every row"),
     }
