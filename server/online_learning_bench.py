@@ -39,20 +39,60 @@ BENCH_SALT = "lengthwise-served-model-split"  # the served-model evaluation's sp
 class StreamItem:
     text: str
     actual: float
+    prompt_tokens: int = 0
 
 
 def build_stream(profile: pd.DataFrame, n: int, seed: int) -> list[StreamItem]:
     """``n`` requests over the profile's rows; a prompt recurs only after all were used,
     each time with another of its sampled lengths (as a real stream repeats prompts)."""
     rng = random.Random(seed)
-    rows = list(zip(profile["prompt_text"], profile["output_sizes"]))
+    inputs = profile["input_size"] if "input_size" in profile.columns else [0] * len(profile)
+    rows = list(zip(profile["prompt_text"], profile["output_sizes"], inputs))
     out: list[StreamItem] = []
     while len(out) < n and rows:
         order = list(range(len(rows)))
         rng.shuffle(order)
         for i in order[: n - len(out)]:
-            text, sizes = rows[i]
-            out.append(StreamItem(text, float(rng.choice(list(sizes)))))
+            text, sizes, prompt_tokens = rows[i]
+            out.append(StreamItem(text, float(rng.choice(list(sizes))),
+                                  int(prompt_tokens) if prompt_tokens == prompt_tokens else 0))
+    return out
+
+
+#: the live bench's calibrated cost model of the local vLLM CPU worker
+DEFAULT_COST_MODEL = Path(__file__).resolve().parents[1] / "reports" / "sim_calibration_cpu.json"
+
+
+def simulated_window_latency(items: list[StreamItem], predictions: dict[str, np.ndarray],
+                             cost_model: Path) -> dict:
+    """Mean end-to-end latency of one window's requests arriving as a burst, replayed
+    through the simulator (the gateway's own policy code, ``bench live``'s deployment:
+    the bench worker's engine, its admission limit and aging) with each prediction
+    source under ``sjf-aged``, and under ``fcfs`` for reference."""
+    from server.policy import PolicyName
+    from simulator.calibrate import load_request_overhead
+    from simulator.fidelity import LiveSetup, sim_config
+    from simulator.latency import load_cost_model
+    from simulator.simulation import run_simulation
+    from simulator.trace import SimRequest
+
+    overhead = load_request_overhead(cost_model)
+    setup = LiveSetup.bench_defaults(**({"overhead": overhead} if overhead else {}))
+    latency = load_cost_model(cost_model)
+    requests = [SimRequest(f"r{i}", 0.0, max(1, it.prompt_tokens), max(1, int(it.actual)))
+                for i, it in enumerate(items)]
+
+    def mean_e2e(policy: PolicyName, predicted: np.ndarray) -> float:
+        result = run_simulation(requests, predicted.tolist(), sim_config(setup, policy), latency)
+        return float(np.mean([r.completion_time - r.request.arrival_time for r in result.records
+                              if r.completion_time is not None]))
+
+    fcfs = mean_e2e(PolicyName.FCFS, np.zeros(len(items)))
+    out: dict = {"fcfs_e2e_mean_s": fcfs}
+    for name, predicted in predictions.items():
+        e2e = mean_e2e(PolicyName.SJF_AGED, predicted)
+        out[f"sjf_{name}_e2e_mean_s"] = e2e
+        out[f"sjf_{name}_vs_fcfs"] = e2e / fcfs
     return out
 
 
@@ -66,7 +106,8 @@ def _window_figures(pred: np.ndarray, actual: np.ndarray) -> dict:
 
 
 def replay(profile_dir: Path, requests: int = 1000, window: int = 200, seed: int = 0,
-           refit_every: int = 100, castillo_source: Path | None = None) -> dict:
+           refit_every: int = 100, castillo_source: Path | None = None,
+           cost_model: Path | None = DEFAULT_COST_MODEL) -> dict:
     from predictor.api import CastilloLengthPredictor, load_default_predictor
     from predictor.loader import grouped_split
     from predictor.profiling.report import load_profile, profile_cap
@@ -90,6 +131,8 @@ def replay(profile_dir: Path, requests: int = 1000, window: int = 200, seed: int
     started = time.perf_counter()
     offline_all = [p.mean for p in offline.predict_batch([s.text for s in stream],
                                                          [model] * len(stream), [cap] * len(stream))]
+    cold_all = np.array([p.mean for p in base.predict_batch([s.text for s in stream],
+                                                            [model] * len(stream), [cap] * len(stream))])
     for i, item in enumerate(stream):
         pred = learner.predict(item.text, model, cap).mean
         served.append(pred)
@@ -109,8 +152,14 @@ def replay(profile_dir: Path, requests: int = 1000, window: int = 200, seed: int
         checkpoints[str(n)] = {
             "window": [lo, n],
             "online": _window_figures(served_a[lo:n], actual_a[lo:n]),
+            "cold_model_agnostic": _window_figures(cold_all[lo:n], actual_a[lo:n]),
             "offline_trained_on_profile": _window_figures(offline_a[lo:n], actual_a[lo:n]),
         }
+        if cost_model is not None and cost_model.exists():
+            checkpoints[str(n)]["simulated_burst_latency"] = simulated_window_latency(
+                stream[lo:n], {"online": served_a[lo:n], "cold_model_agnostic": cold_all[lo:n],
+                               "offline_trained_on_profile": offline_a[lo:n],
+                               "oracle": actual_a[lo:n]}, cost_model)
         online_tau = checkpoints[str(n)]["online"]["kendall_tau"]
         offline_tau = checkpoints[str(n)]["offline_trained_on_profile"]["kendall_tau"]
         if online_tau is not None and offline_tau is not None:
@@ -122,12 +171,16 @@ def replay(profile_dir: Path, requests: int = 1000, window: int = 200, seed: int
         "stream_prompts": len(stream_part),
         "stream_repeats_prompts": len(stream) > len(stream_part), "offline_training_prompts": len(train_part),
         "cold_start_window": first, "checkpoints": checkpoints,
+        "cost_model": str(cost_model) if cost_model is not None and cost_model.exists() else None,
         "learner": learner.status(model),
         "refit_seconds_mean": float(np.mean(refit_seconds)) if refit_seconds else None,
         "seconds": round(time.perf_counter() - started, 1),
         "notes": ("actual = one sampled length of the prompt (what a request meets); tau over the "
                   "last `window` requests before each checkpoint; the offline predictor was trained "
-                  "on the profile's other half of prompts (grouped split)"),
+                  "on the profile's other half of prompts (grouped split); simulated_burst_latency "
+                  "replays each checkpoint's window as one burst through the simulator (calibrated "
+                  "CPU cost model, bench live's engine and admission), sjf-aged with each "
+                  "prediction source's numbers and fcfs for reference"),
     }
 
 
