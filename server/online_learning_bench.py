@@ -55,7 +55,7 @@ def build_stream(profile: pd.DataFrame, n: int, seed: int) -> list[StreamItem]:
         for i in order[: n - len(out)]:
             text, sizes, prompt_tokens = rows[i]
             out.append(StreamItem(text, float(rng.choice(list(sizes))),
-                                  int(prompt_tokens) if prompt_tokens == prompt_tokens else 0))
+                                  0 if pd.isna(prompt_tokens) else int(prompt_tokens)))
     return out
 
 
