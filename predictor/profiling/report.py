@@ -17,7 +17,7 @@ import pandas as pd
 from predictor.cleaning import degenerate_mask
 from predictor.errors import CastilloDataError
 from predictor.loader import load_castillo, normalize_rows
-from predictor.profiling.degeneration import flag_degenerate
+from predictor.profiling.degeneration import flag_degenerate, loops
 from predictor.profiling.run import ROWS_FILE, RUN_FILE, SAMPLES_FILE, SKIPPED_FILE, read_jsonl
 
 SHARED_CORPORA = ("DollyDataset", "Alpaca")
@@ -67,6 +67,8 @@ def _figures(frame: pd.DataFrame, degenerate: np.ndarray) -> dict:
         "within_prompt_cv_mean": float(cv.mean()),
         "within_prompt_cv_median": float(np.median(cv)),
         "degeneration_rate": float(np.mean(degenerate)),
+        "looping_rate": (float(np.mean([loops(str(t)) for t in frame["longest_response"]]))
+                         if "longest_response" in frame.columns else None),
         "input_size_mean": float(frame["input_size"].mean()) if "input_size" in frame else None,
     }
 
@@ -145,9 +147,12 @@ def build_report(directory: Path | str, castillo_source: Path | str | None = Non
         "decoding": {k: profile[k].iloc[0].item() for k in ("temp", "top_p", "top_k")},
         "prompts_skipped": len(skipped),
         "cap_hit_rate": float(np.mean(flag_degenerate(profile, cap)[0])),
+        "high_variance_rate": float(np.mean(flag_degenerate(profile, cap)[1])),
         "gen_time_mean_s": float(profile["gen_time"].mean()),
         "degeneration_rule": (f"CASTILLO's rule scaled to max_tokens={cap}: a completion hit the cap, "
                               f"or std > 2 x mean with longest > {cap} x 8499/15000"),
+        "looping_rule": ("text check: under half of the longest response's last 60 words' "
+                         "3-grams are distinct (predictor.profiling.degeneration.loops)"),
         "corpora": per_corpus(profile, degenerate),
     }
     try:

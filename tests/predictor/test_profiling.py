@@ -158,3 +158,17 @@ def test_a_prompt_the_endpoint_refuses_is_skipped_not_retried(standin, tmp_path)
     assert len(load_profile(out)) == 1
     skipped = [json.loads(line) for line in (out / "skipped.jsonl").read_text().splitlines()]
     assert len(skipped) == 1 and skipped[0]["reason"].startswith("400")
+
+
+def test_looping_text_is_told_from_long_prose_and_code():
+    from predictor.profiling.degeneration import loops
+
+    prose = ("The river starts high in the mountains, where snow melts each spring and feeds "
+             "small streams that join below the pass. By the time it reaches the valley it is "
+             "wide and slow, and farmers have drawn water from it for centuries to irrigate "
+             "wheat, barley and orchards of apples and pears along both banks.")
+    code = "\n".join(f"def area_{i}(r):\n    return 3.14159 * r * r + {i}" for i in range(8))
+    assert not loops(prose) and not loops(code) and not loops("Yes.")
+    assert loops(prose[:120] + " I am sorry." * 30)
+    assert loops("1. Apples\n" + "2. The apples are red and the apples are red and " * 10)
+    assert loops("x" * 10 + " the the the" * 40)
