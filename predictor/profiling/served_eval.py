@@ -92,7 +92,10 @@ def evaluate_served_model(profile_dir: Path | str, castillo_source: Path | str |
     castillo = load_castillo(castillo_source)
     castillo_train, _ = split_holdout(castillo)
     castillo_clean, cleaning = remove_degenerate(castillo_train)
-    overlap = int(test_part["prompt_text"].isin(set(castillo_clean["prompt_text"])).sum())
+    seen_by_castillo = test_part["prompt_text"].isin(set(castillo_clean["prompt_text"])).to_numpy()
+    overlap = int(seen_by_castillo.sum())
+    # CASTILLO trained on these texts (with other models' lengths): scored apart as well
+    test_unseen = test_part[~seen_by_castillo].reset_index(drop=True)
 
     predictors: dict[str, tuple[CastilloLengthPredictor, float]] = {}
     started = time.perf_counter()
@@ -121,6 +124,7 @@ def evaluate_served_model(profile_dir: Path | str, castillo_source: Path | str |
             "held_out_clean": _scores(predictor, test_clean, model, cap),
             "held_out_all": _scores(predictor, test_part, model, cap),
             "held_out_unflagged": _scores(predictor, test_unflagged, model, cap),
+            "held_out_unseen_by_castillo": _scores(predictor, test_unseen, model, cap),
             "train_or_load_seconds": round(seconds, 1),
         }
     return {
@@ -144,5 +148,7 @@ def evaluate_served_model(profile_dir: Path | str, castillo_source: Path | str |
         "notes": ("truth = each held-out prompt's mean of its sampled lengths (capped by the run); "
                   "kendall_tau_single ranks against one sampled completion, what a scheduler meets; "
                   "held_out_clean drops the scaled rule's high-variance rows (as training does), "
-                  "held_out_unflagged also drops cap-hit rows, held_out_all keeps every row"),
+                  "held_out_unflagged also drops cap-hit rows, held_out_all keeps every row, "
+                  "held_out_unseen_by_castillo keeps the prompts whose text is not in CASTILLO's "
+                  "training split"),
     }

@@ -32,3 +32,5 @@ def test_the_profile_improves_ranking_and_short_cap_rows_are_kept(small_rows, sm
     assert own["kendall_tau_mean"] > (agnostic["kendall_tau_mean"] or 0.0) + 0.2
     assert own["mae_tokens"] < agnostic["mae_tokens"]
     assert settings["both"]["held_out_all"]["kendall_tau_mean"] > (agnostic["kendall_tau_mean"] or 0.0)
+    # synthetic prompts: none of them is in CASTILLO, so the unseen subset is all of them
+    assert settings["both"]["held_out_unseen_by_castillo"]["rows"] == settings["both"]["held_out_all"]["rows"]
