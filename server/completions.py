@@ -168,9 +168,18 @@ class CompletionService:
             work.cancel()
             gone.cancel()
             raise
-        if not work.done():
-            work.cancel()
+        if gone.done():
+            # The client left, possibly in the same instant the work finished: then
+            # ``gone`` has consumed the disconnect, and a stream relayed from here would
+            # never see it (vLLM would decode to the end for nobody), so close it here.
+            if not work.done():
+                work.cancel()
             await asyncio.gather(work, return_exceptions=True)
+            if not work.cancelled() and work.exception() is None:
+                lease, outcome = work.result()
+                if isinstance(outcome, OpenStream):
+                    await outcome.aclose()
+                self.dispatcher.release(lease)
             await self._settle_prediction(ticket, predicting, None)
             self._record(ticket, None, "client_disconnected", 499, None)
             return Response(status_code=400)

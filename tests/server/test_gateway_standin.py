@@ -324,7 +324,8 @@ async def test_client_disconnects_abort_upstream_and_free_the_gateway(
                              *(wait_then_leave(client) for _ in range(6)))
     assert await asyncio.to_thread(
         wait_until, lambda: worker.state()["running"] == 0 and gw.gateway.dispatcher.in_flight == 0
-    )
+    ), (f"worker running {worker.state()['running']}, gateway in flight "
+        f"{gw.gateway.dispatcher.in_flight}, queued {gw.gateway.dispatcher.queue_depth()}")
     state = worker.state()
     assert state["completed"] == 0
     assert state["aborted"] == len(state["received"])
