@@ -137,7 +137,8 @@ def build_report(directory: Path | str, castillo_source: Path | str | None = Non
         return out
     profile = load_profile(directory)
     cap = profile_cap(profile)
-    degenerate = np.logical_or(*flag_degenerate(profile, cap))
+    cap_hit, high_variance = flag_degenerate(profile, cap)
+    degenerate = cap_hit | high_variance
     skipped = read_jsonl(directory / SKIPPED_FILE) if directory.is_dir() else []
     model = str(profile["model"].iloc[0])
     served = {
@@ -146,8 +147,8 @@ def build_report(directory: Path | str, castillo_source: Path | str | None = Non
         "samples_per_prompt": int(profile["output_sizes"].map(len).median()),
         "decoding": {k: profile[k].iloc[0].item() for k in ("temp", "top_p", "top_k")},
         "prompts_skipped": len(skipped),
-        "cap_hit_rate": float(np.mean(flag_degenerate(profile, cap)[0])),
-        "high_variance_rate": float(np.mean(flag_degenerate(profile, cap)[1])),
+        "cap_hit_rate": float(np.mean(cap_hit)),
+        "high_variance_rate": float(np.mean(high_variance)),
         "gen_time_mean_s": float(profile["gen_time"].mean()),
         "degeneration_rule": (f"CASTILLO's rule scaled to max_tokens={cap}: a completion hit the cap, "
                               f"or std > 2 x mean with longest > {cap} x 8499/15000"),

@@ -87,6 +87,7 @@ def evaluate_served_model(profile_dir: Path | str, castillo_source: Path | str |
     train_clean = clean_profile(train_part, cap)
     test_clean = clean_profile(test_part, cap)
     test_unflagged = unflagged_profile(test_part, cap)
+    cap_hit, high_variance = flag_degenerate(profile, cap)
     params = params or TrainParams()
 
     castillo = load_castillo(castillo_source)
@@ -138,8 +139,8 @@ def evaluate_served_model(profile_dir: Path | str, castillo_source: Path | str |
             "held_out_prompts": len(test_part),
             "held_out_prompts_after_cleaning": len(test_clean),
             "held_out_prompts_unflagged": len(test_unflagged),
-            "profile_rows_cap_hit": int(flag_degenerate(profile, cap)[0].sum()),
-            "profile_rows_high_variance": int(flag_degenerate(profile, cap)[1].sum()),
+            "profile_rows_cap_hit": int(cap_hit.sum()),
+            "profile_rows_high_variance": int(high_variance.sum()),
             "held_out_prompts_whose_text_is_in_castillo_training": overlap,
             "castillo_training_rows_after_cleaning": len(castillo_clean),
             "castillo_rows_removed_by_cleaning": int(cleaning.rows_removed),
