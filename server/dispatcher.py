@@ -110,7 +110,11 @@ class Dispatcher:
         self._waiters[request.request_id] = _Waiter(future, exclude, self.clock())
         self.pump()
         try:
-            return await asyncio.wait_for(asyncio.shield(future), self.queue_timeout_s)
+            # Not ``asyncio.wait_for``: on Python 3.11 it returns the result and swallows a
+            # cancellation that arrives in the instant the lease is granted, so a gone
+            # client's request would still run, to the end, for nobody.
+            async with asyncio.timeout(self.queue_timeout_s):
+                return await future
         except BaseException as exc:
             # Cancelled (client gone) or timed out: leave the queue, or give back a
             # lease that was granted in the same instant.

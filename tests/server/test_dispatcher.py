@@ -1,0 +1,53 @@
+"""The dispatcher's lease accounting when a waiting request is cancelled (client gone)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from server.backends import Worker, WorkerPool
+from server.dispatcher import Dispatcher
+from server.policy import AdmissionLimits, FCFSPolicy, QueuedRequest
+
+URL = "http://worker"
+
+
+def _dispatcher(max_sequences: int = 1) -> tuple[Dispatcher, WorkerPool]:
+    pool = WorkerPool()
+    pool.workers[URL] = Worker(URL, healthy=True, models=frozenset({"m"}))
+    dispatcher = Dispatcher(FCFSPolicy(), pool, AdmissionLimits(max_sequences=max_sequences),
+                            queue_capacity=8, queue_timeout_s=30.0)
+    return dispatcher, pool
+
+
+async def test_cancel_in_the_instant_a_lease_is_granted_gives_the_lease_back():
+    # The first request holds the only slot; the second waits. Releasing the first grants
+    # the second its lease, and the second's caller is cancelled before it can run: the
+    # cancellation must win (the caller is gone) and the lease must come back, or the slot
+    # stays taken while the request runs for nobody.
+    dispatcher, pool = _dispatcher()
+    first = await dispatcher.acquire(QueuedRequest("a", 0.0, 10.0))
+    waiting = asyncio.ensure_future(dispatcher.acquire(QueuedRequest("b", 1.0, 10.0)))
+    await asyncio.sleep(0)
+    assert dispatcher.queue_depth() == 1
+    dispatcher.release(first)  # grants "b" its lease now
+    waiting.cancel()  # ... and "b"'s client leaves in the same instant
+    results = await asyncio.gather(waiting, return_exceptions=True)
+    assert isinstance(results[0], asyncio.CancelledError), results
+    assert dispatcher.in_flight == 0
+    assert pool.workers[URL].in_flight_sequences == 0
+    assert dispatcher.queue_depth() == 0
+
+
+async def test_cancel_while_queued_leaves_the_queue_and_the_next_request_runs():
+    dispatcher, pool = _dispatcher()
+    first = await dispatcher.acquire(QueuedRequest("a", 0.0, 10.0))
+    leaving = asyncio.ensure_future(dispatcher.acquire(QueuedRequest("b", 1.0, 10.0)))
+    staying = asyncio.ensure_future(dispatcher.acquire(QueuedRequest("c", 2.0, 10.0)))
+    await asyncio.sleep(0)
+    leaving.cancel()
+    await asyncio.gather(leaving, return_exceptions=True)
+    assert dispatcher.queue_depth() == 1
+    dispatcher.release(first)
+    lease = await asyncio.wait_for(staying, 1.0)
+    assert lease.request.request_id == "c"
+    assert pool.workers[URL].in_flight_sequences == 1
