@@ -90,9 +90,23 @@ class CastilloLengthPredictor:
                 sampling: dict | None = None) -> LengthPrediction:
         return self.predict_batch([prompt], [model], [max_tokens], [sampling])[0]
 
+    def text_features(self, texts: Sequence[str]) -> np.ndarray:
+        """The model's text feature rows (lexical, n-gram topic and ridge scores) for prompt
+        texts; what a calibrator on top of this predictor may learn from."""
+        return self._model.featurizer.transform([str(t) for t in texts])
+
     def predict_batch(self, prompts: Sequence[PromptOrMessages], models: Sequence[str],
                       max_tokens: Sequence[int | None] | None = None,
                       samplings: Sequence[dict | None] | None = None) -> list[LengthPrediction]:
+        return self.predict_batch_with_features(prompts, models, max_tokens, samplings)[0]
+
+    def predict_batch_with_features(
+        self, prompts: Sequence[PromptOrMessages], models: Sequence[str],
+        max_tokens: Sequence[int | None] | None = None,
+        samplings: Sequence[dict | None] | None = None,
+    ) -> tuple[list[LengthPrediction], np.ndarray]:
+        """``predict_batch``, and the rows of :meth:`text_features` it computed on the way
+        (so a calibrator on top does not featurize each prompt twice)."""
         if isinstance(prompts, (str, bytes)) or isinstance(models, (str, bytes)):
             raise PredictorInputError("predict_batch takes sequences of prompts and models")
         n = len(prompts)
@@ -101,13 +115,17 @@ class CastilloLengthPredictor:
         if not (len(models) == len(max_tokens) == len(samplings) == n):
             raise PredictorInputError("prompts, models, max_tokens and samplings differ in length")
         if n == 0:
-            return []
+            return [], np.zeros((0, len(self._model.featurizer.feature_names)), np.float32)
         texts = [render_prompt(p) for p in prompts]
         names = [check_model(m) for m in models]
         caps = [check_max_tokens(m) for m in max_tokens]
         for sampling in samplings:
             check_sampling(sampling)
-        raw = self._model.predict_texts(texts, names)
+        # a batch often repeats a prompt (one per model): featurize each text once
+        unique: dict[str, int] = {}
+        positions = [unique.setdefault(t, len(unique)) for t in texts]
+        features = self._model.featurizer.transform(list(unique))[positions]
+        raw = self._model.predict_features(features, [self._model.model_code(m) for m in names])
         out = []
         for i, cap in enumerate(caps):
             limit = float(cap) if cap is not None else math.inf
@@ -117,7 +135,7 @@ class CastilloLengthPredictor:
                 p90=float(min(raw.p90[i], limit)),
                 model_known=bool(raw.model_known[i]),
             ))
-        return out
+        return out, features
 
 
 def load_default_predictor(source: Path | str | None = None,

@@ -7,11 +7,17 @@ model, learns a small correction from what the gateway observes:
 * every finished request adds (prompt text, actual completion tokens per choice)
   to a bounded ring buffer of that model;
 * every ``refit_every`` observations a background thread (nice'd, one LightGBM
-  thread) fits a calibrator: a small LightGBM regression of log(actual) on the
-  base predictor's outputs (log mean/p50/p90) and the prompt's lexical statistics;
-* the refit is accepted only when it beats the current predictions on the newest
-  ``validation_share`` of the buffer (log-space MAE), and then swapped in with one
-  reference assignment: requests never wait for a refit.
+  thread) fits a calibrator: a small LightGBM regression of the actual completion
+  tokens (capped, as observed) on the base predictor's outputs and the base's own
+  text features (its n-gram topic dimensions, so it can learn that *this* model
+  loops on code, say), or lexical statistics when the base has none. Squared error
+  on tokens, not log tokens: the target is then E[min(length, cap)], the order a
+  capped queue needs, where a log-L1 fit predicts the cap for most prompts of a
+  model that often hits it and ties them all;
+* the refit is accepted only when it orders the newest ``validation_share`` of the
+  buffer (at least ``min_validation`` requests) better than the current predictions
+  (Kendall tau), and then swapped in with one reference assignment: requests never
+  wait for a refit.
 
 Rolling Kendall tau and the median predicted/actual ratio over the last ``window``
 requests are exported per model; they are computed when Prometheus scrapes, never
@@ -49,6 +55,7 @@ class OnlineLearningSettings:
     window: int = 500
     max_models: int = 8
     validation_share: float = 0.2
+    min_validation: int = 50
     rounds: int = 150
     #: nice increment of the refit thread (Linux applies it to the thread only)
     nice: int = 10
@@ -75,7 +82,7 @@ class _ModelState:
 
 
 class Calibrator:
-    """log1p(actual) from the base prediction and lexical statistics (immutable once built)."""
+    """Expected completion tokens from the base prediction and text features (immutable once built)."""
 
     def __init__(self, booster, observations: int):
         self.booster = booster
@@ -83,16 +90,15 @@ class Calibrator:
 
     @staticmethod
     def features(texts: Sequence[str], full_chars: Sequence[int],
-                 base: Sequence[LengthPrediction]) -> np.ndarray:
-        rows = []
-        for text, chars, pred in zip(texts, full_chars, base):
-            head = np.array([math.log1p(pred.mean), math.log1p(pred.p50), math.log1p(pred.p90)],
-                            dtype=np.float32)
-            rows.append(np.concatenate([head, lexical_features(text, chars)]))
-        return np.vstack(rows)
+                 base: Sequence[LengthPrediction], text_features: np.ndarray | None) -> np.ndarray:
+        head = np.array([[math.log1p(p.mean), math.log1p(p.p50), math.log1p(p.p90)] for p in base],
+                        dtype=np.float32)
+        if text_features is None:
+            text_features = np.vstack([lexical_features(t, c) for t, c in zip(texts, full_chars)])
+        return np.hstack([head, np.asarray(text_features, dtype=np.float32)])
 
-    def predict_log(self, features: np.ndarray) -> np.ndarray:
-        return self.booster.predict(features, num_threads=1)
+    def predict_tokens(self, features: np.ndarray) -> np.ndarray:
+        return np.maximum(self.booster.predict(features, num_threads=1), 1.0)
 
 
 def prompt_for_learning(prompt: PromptOrMessages | Sequence[str] | None) -> PromptOrMessages | None:
@@ -114,6 +120,8 @@ class OnlineLearningPredictor:
     def __init__(self, base: LengthPredictor, settings: OnlineLearningSettings | None = None,
                  registry: CollectorRegistry | None = None):
         self.base = base
+        #: the base's own text features, when it has them (``CastilloLengthPredictor`` does)
+        self._text_features = getattr(base, "text_features", None)
         self.settings = settings or OnlineLearningSettings()
         self._models: dict[str, _ModelState] = {}
         self._models_lock = threading.Lock()
@@ -129,19 +137,39 @@ class OnlineLearningPredictor:
     def predict_batch(self, prompts: Sequence[PromptOrMessages], models: Sequence[str],
                       max_tokens: Sequence[int | None] | None = None,
                       samplings: Sequence[dict | None] | None = None) -> list[LengthPrediction]:
-        base = self.base.predict_batch(prompts, models, max_tokens, samplings)
+        calibrated: dict[int, Calibrator] = {}
+        for i, model in enumerate(models):
+            state = self._models.get(model)
+            if state is not None and state.calibrator is not None:
+                calibrated[i] = state.calibrator
+        with_features = getattr(self.base, "predict_batch_with_features", None)
+        text_rows = None
+        if calibrated and with_features is not None:
+            base, text_rows = with_features(prompts, models, max_tokens, samplings)
+        else:
+            base = self.base.predict_batch(prompts, models, max_tokens, samplings)
         caps = list(max_tokens) if max_tokens is not None else [None] * len(base)
         out = list(base)
-        for i, (model, pred) in enumerate(zip(models, base)):
-            state = self._models.get(model)
-            calibrator = state.calibrator if state is not None else None
-            if calibrator is None:
-                continue
-            text = render_prompt(prompts[i])
-            features = Calibrator.features([clip_text(text, KEPT_CHARS)], [len(text)], [pred])
-            mean = float(np.expm1(calibrator.predict_log(features)[0]))
-            out[i] = _rescaled(pred, max(1.0, mean), caps[i])
+        if not calibrated:
+            return out
+        rows = list(calibrated)
+        texts = [render_prompt(prompts[i]) for i in rows]
+        if text_rows is not None:
+            features = Calibrator.features(texts, [len(t) for t in texts], [base[i] for i in rows],
+                                           text_rows[rows])
+        else:
+            features = self.features(texts, [base[i] for i in rows])
+        for j, i in enumerate(rows):
+            mean = float(calibrated[i].predict_tokens(features[j:j + 1])[0])
+            out[i] = _rescaled(base[i], mean, caps[i])
         return out
+
+    def features(self, texts: Sequence[str], base: Sequence[LengthPrediction]) -> np.ndarray:
+        """The calibrator's input rows for prompt texts and their base predictions (the
+        buffer keeps texts clipped to ``KEPT_CHARS``, as the base's featurizer reads them)."""
+        clipped = [clip_text(t, KEPT_CHARS) for t in texts]
+        text_features = self._text_features(clipped) if self._text_features else None
+        return Calibrator.features(clipped, [len(t) for t in texts], base, text_features)
 
     # --- learning ---------------------------------------------------------------------
 
@@ -207,7 +235,7 @@ class OnlineLearningPredictor:
     def _refit(self, model: str, state: _ModelState, snapshot: list[Observation]) -> None:
         try:
             _lower_thread_priority(self.settings.nice)
-            calibrator, accepted, figures = fit_calibrator(self.base, model, snapshot,
+            calibrator, accepted, figures = fit_calibrator(self, model, snapshot,
                                                            state.calibrator, self.settings)
             if accepted:
                 state.calibrator = calibrator  # the hot swap: one reference assignment
@@ -224,41 +252,53 @@ class OnlineLearningPredictor:
             self._refit_running.clear()
 
 
-def fit_calibrator(base: LengthPredictor, model: str, observations: list[Observation],
+def fit_calibrator(learner: OnlineLearningPredictor, model: str, observations: list[Observation],
                    current: Calibrator | None, settings: OnlineLearningSettings
                    ) -> tuple[Calibrator, bool, dict]:
-    """Fits on the older observations, validates on the newest; accepted if it beats the current."""
+    """Fits on the older observations, validates on the newest; accepted if it orders them
+    better than the current predictions do."""
     import lightgbm
+    from scipy.stats import kendalltau
 
     texts = [o.text for o in observations]
-    base_preds = base.predict_batch(texts, [model] * len(texts), [o.cap for o in observations])
-    features = Calibrator.features(texts, [o.full_chars for o in observations], base_preds)
-    target = np.log1p(np.array([o.actual for o in observations]))
-    n_valid = max(1, int(len(observations) * settings.validation_share))
+    base_preds = learner.base.predict_batch(texts, [model] * len(texts),
+                                            [o.cap for o in observations])
+    features = Calibrator.features(
+        texts, [o.full_chars for o in observations], base_preds,
+        learner._text_features(texts) if learner._text_features else None)
+    target = np.array([o.actual for o in observations])
+    n_valid = min(len(observations) // 2,
+                  max(settings.min_validation, int(len(observations) * settings.validation_share)))
+    n_valid = max(1, n_valid)
     fit_x, fit_y = features[:-n_valid], target[:-n_valid]
     valid_x, valid_y = features[-n_valid:], target[-n_valid:]
-    params = {"objective": "regression_l1", "learning_rate": 0.05, "num_leaves": 15,
+    params = {"objective": "regression", "learning_rate": 0.05, "num_leaves": 15,
               "min_data_in_leaf": max(5, len(fit_y) // 50), "feature_fraction": 0.9,
               "lambda_l2": 1.0, "max_bin": 63, "num_threads": 1, "deterministic": True,
               "force_row_wise": True, "verbose": -1, "seed": 0}
     booster = lightgbm.train(params, lightgbm.Dataset(fit_x, fit_y), num_boost_round=settings.rounds)
     candidate = Calibrator(booster, len(fit_y))
     caps = np.array([o.cap if o.cap else np.inf for o in observations[-n_valid:]], dtype=float)
-    new_log = np.log1p(np.minimum(np.expm1(candidate.predict_log(valid_x)), caps))
+    new_pred = np.minimum(candidate.predict_tokens(valid_x), caps)
     if current is not None:
-        old_log = np.log1p(np.minimum(np.expm1(current.predict_log(valid_x)), caps))
+        old_pred = np.minimum(current.predict_tokens(valid_x), caps)
     else:
-        old_log = valid_x[:, 0]  # the base predictor's log mean
-    new_mae = float(np.mean(np.abs(new_log - valid_y)))
-    old_mae = float(np.mean(np.abs(old_log - valid_y)))
-    accepted = new_mae < old_mae
+        old_pred = np.array([p.mean for p in base_preds[-n_valid:]])
+
+    def tau(pred: np.ndarray) -> float:
+        value = kendalltau(pred, valid_y).statistic
+        return -1.0 if math.isnan(value) else float(value)
+
+    new_tau, old_tau = tau(new_pred), tau(old_pred)
+    accepted = new_tau > old_tau
     if accepted:
         # refit on everything, validation included: the newest requests matter most
         booster = lightgbm.train(params, lightgbm.Dataset(features, target),
                                  num_boost_round=settings.rounds)
         candidate = Calibrator(booster, len(target))
-    return candidate, accepted, {"valid_log_mae_new": round(new_mae, 4),
-                                 "valid_log_mae_current": round(old_mae, 4)}
+    return candidate, accepted, {"valid_tau_new": round(new_tau, 4),
+                                 "valid_tau_current": round(old_tau, 4),
+                                 "valid_requests": n_valid}
 
 
 def rolling_figures(window: list[tuple[float, float]]) -> tuple[float, float]:

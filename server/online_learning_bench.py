@@ -23,6 +23,7 @@ import random
 import re
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,25 +97,114 @@ def simulated_window_latency(items: list[StreamItem], predictions: dict[str, np.
     return out
 
 
-def _window_figures(pred: np.ndarray, actual: np.ndarray) -> dict:
+def _window_figures(pred: np.ndarray, actual: np.ndarray,
+                    expected: np.ndarray | None = None) -> dict:
     from scipy.stats import kendalltau
 
-    tau = kendalltau(pred, actual).statistic
-    return {"kendall_tau": float(tau) if not math.isnan(tau) else None,
-            "mae_tokens": float(np.mean(np.abs(pred - actual))),
-            "median_ratio": float(np.median(pred / np.maximum(actual, 1.0)))}
+    def tau(truth: np.ndarray) -> float | None:
+        value = kendalltau(pred, truth).statistic
+        return None if math.isnan(value) else float(value)
+
+    out = {"kendall_tau": tau(actual),
+           "mae_tokens": float(np.mean(np.abs(pred - actual))),
+           "median_ratio": float(np.median(pred / np.maximum(actual, 1.0)))}
+    if expected is not None:
+        out["kendall_tau_vs_prompt_mean"] = tau(expected)
+    return out
 
 
-def replay(profile_dir: Path, requests: int = 1000, window: int = 200, seed: int = 0,
-           refit_every: int = 100, castillo_source: Path | None = None,
+SOURCES = ("online", "cold_model_agnostic", "offline_trained_on_profile")
+
+
+@dataclass
+class _SeedRun:
+    """One seeded stream through a fresh learner: every request's numbers, in order."""
+
+    stream: list[StreamItem]
+    predictions: dict[str, np.ndarray]
+    actual: np.ndarray
+    #: the prompt's mean over all its sampled lengths (what a prompt costs on average)
+    expected: np.ndarray
+    #: the prompt was already seen earlier in this stream
+    repeat: np.ndarray
+    learner: dict
+    refit_seconds: list[float]
+
+
+def _replay_seed(stream: list[StreamItem], model: str, cap: int | None, base, offline,
+                 settings, prompt_means: dict[str, float]) -> _SeedRun:
+    from server.online_learning import OnlineLearningPredictor
+
+    learner = OnlineLearningPredictor(base, settings)
+    texts = [s.text for s in stream]
+    caps = [cap] * len(stream)
+    cold = np.array([p.mean for p in base.predict_batch(texts, [model] * len(stream), caps)])
+    offline_pred = np.array([p.mean for p in offline.predict_batch(texts, [model] * len(stream), caps)])
+    served, refit_seconds, seen, repeat = [], [], set(), []
+    for item in stream:
+        pred = learner.predict(item.text, model, cap).mean
+        served.append(pred)
+        repeat.append(item.text in seen)
+        seen.add(item.text)
+        began = time.perf_counter()
+        learner.observe(model, item.text, pred, item.actual, cap)
+        # a refit is waited for, so the figures do not depend on this machine's speed
+        learner.wait_for_refits(300)
+        if time.perf_counter() - began > 0.05:
+            refit_seconds.append(time.perf_counter() - began)
+    return _SeedRun(stream, {"online": np.array(served), "cold_model_agnostic": cold,
+                             "offline_trained_on_profile": offline_pred},
+                    np.array([s.actual for s in stream]),
+                    np.array([prompt_means[s.text] for s in stream]), np.array(repeat),
+                    learner.status(model), refit_seconds)
+
+
+def _mean_sd(values: list[float | None]) -> tuple[float | None, float | None]:
+    kept = [v for v in values if v is not None]
+    if not kept:
+        return None, None
+    return float(np.mean(kept)), float(np.std(kept))
+
+
+def _checkpoint(runs: list[_SeedRun], lo: int, n: int, cost_model: Path | None) -> dict:
+    """Figures over requests [lo, n) of every seed's stream: the mean over seeds, and the sd."""
+    out: dict = {"window": [lo, n],
+                 "repeated_prompt_share": float(np.mean([r.repeat[lo:n].mean() for r in runs]))}
+    per_seed = [{src: _window_figures(r.predictions[src][lo:n], r.actual[lo:n], r.expected[lo:n])
+                 for src in SOURCES} for r in runs]
+    for src in SOURCES:
+        figures: dict = {}
+        for key in ("kendall_tau", "kendall_tau_vs_prompt_mean", "mae_tokens", "median_ratio"):
+            figures[key], figures[f"{key}_sd"] = _mean_sd([f[src][key] for f in per_seed])
+        out[src] = figures
+    online_tau, offline_tau = out["online"]["kendall_tau"], out["offline_trained_on_profile"]["kendall_tau"]
+    if online_tau is not None and offline_tau is not None:
+        out["tau_gap_to_offline"] = offline_tau - online_tau
+    if cost_model is not None:
+        sims = [simulated_window_latency(
+            r.stream[lo:n], {**{src: r.predictions[src][lo:n] for src in SOURCES},
+                             "oracle": r.actual[lo:n]}, cost_model) for r in runs]
+        latency: dict = {}
+        for key in sims[0]:
+            latency[key], sd = _mean_sd([sim[key] for sim in sims])
+            if key.endswith("_vs_fcfs"):
+                latency[f"{key}_sd"] = sd
+        out["simulated_burst_latency"] = latency
+    return out
+
+
+def replay(profile_dir: Path, requests: int = 1000, window: int = 200,
+           seeds: Sequence[int] = (0, 1, 2, 3, 4), refit_every: int = 100,
+           castillo_source: Path | None = None,
            cost_model: Path | None = DEFAULT_COST_MODEL) -> dict:
     from predictor.api import CastilloLengthPredictor, load_default_predictor
     from predictor.loader import grouped_split
     from predictor.profiling.report import load_profile, profile_cap
     from predictor.profiling.served_eval import clean_profile, profile_params
     from predictor.train import TrainParams, train_length_model
-    from server.online_learning import OnlineLearningPredictor, OnlineLearningSettings
+    from server.online_learning import OnlineLearningSettings
 
+    started = time.perf_counter()
     profile = load_profile(profile_dir)
     cap = profile_cap(profile)
     model = str(profile["model"].iloc[0])
@@ -123,64 +213,42 @@ def replay(profile_dir: Path, requests: int = 1000, window: int = 200, seed: int
     offline_rows = clean_profile(train_part, cap)
     offline = CastilloLengthPredictor(train_length_model(
         offline_rows, params=profile_params(TrainParams(), len(offline_rows))).model)
-    learner = OnlineLearningPredictor(base, OnlineLearningSettings(
-        refit_every=refit_every, min_observations=min(refit_every, 200), window=window, nice=0))
-    stream = build_stream(stream_part, requests, seed)
-
-    served, offline_pred, actual, refit_seconds = [], [], [], []
-    started = time.perf_counter()
-    offline_all = [p.mean for p in offline.predict_batch([s.text for s in stream],
-                                                         [model] * len(stream), [cap] * len(stream))]
-    cold_all = np.array([p.mean for p in base.predict_batch([s.text for s in stream],
-                                                            [model] * len(stream), [cap] * len(stream))])
-    for i, item in enumerate(stream):
-        pred = learner.predict(item.text, model, cap).mean
-        served.append(pred)
-        offline_pred.append(offline_all[i])
-        actual.append(item.actual)
-        began = time.perf_counter()
-        learner.observe(model, item.text, pred, item.actual, cap)
-        learner.wait_for_refits(300)
-        if time.perf_counter() - began > 0.05:
-            refit_seconds.append(time.perf_counter() - began)
-    served_a, offline_a, actual_a = map(np.asarray, (served, offline_pred, actual))
+    settings = OnlineLearningSettings(refit_every=refit_every,
+                                      min_observations=min(refit_every, 200), window=window, nice=0)
+    prompt_means = {text: float(np.mean(list(sizes)))
+                    for text, sizes in zip(stream_part["prompt_text"], stream_part["output_sizes"])}
+    runs = [_replay_seed(build_stream(stream_part, requests, seed), model, cap, base, offline,
+                         settings, prompt_means) for seed in seeds]
+    if cost_model is not None and not cost_model.exists():
+        cost_model = None
+    total = len(runs[0].stream)
     checkpoints = {}
-    for n in (*CHECKPOINTS, len(stream)):
-        if n > len(stream) or str(n) in checkpoints:
-            continue
-        lo = max(0, n - window)
-        checkpoints[str(n)] = {
-            "window": [lo, n],
-            "online": _window_figures(served_a[lo:n], actual_a[lo:n]),
-            "cold_model_agnostic": _window_figures(cold_all[lo:n], actual_a[lo:n]),
-            "offline_trained_on_profile": _window_figures(offline_a[lo:n], actual_a[lo:n]),
-        }
-        if cost_model is not None and cost_model.exists():
-            checkpoints[str(n)]["simulated_burst_latency"] = simulated_window_latency(
-                stream[lo:n], {"online": served_a[lo:n], "cold_model_agnostic": cold_all[lo:n],
-                               "offline_trained_on_profile": offline_a[lo:n],
-                               "oracle": actual_a[lo:n]}, cost_model)
-        online_tau = checkpoints[str(n)]["online"]["kendall_tau"]
-        offline_tau = checkpoints[str(n)]["offline_trained_on_profile"]["kendall_tau"]
-        if online_tau is not None and offline_tau is not None:
-            checkpoints[str(n)]["tau_gap_to_offline"] = offline_tau - online_tau
-    first = _window_figures(served_a[:window], actual_a[:window])
+    for n in (*CHECKPOINTS, total):
+        if n <= total and str(n) not in checkpoints:
+            checkpoints[str(n)] = _checkpoint(runs, max(0, n - window), n, cost_model)
+    refit_seconds = [t for r in runs for t in r.refit_seconds]
     return {
-        "mode": "replay", "served_model": model, "max_tokens": cap, "requests": len(stream),
-        "window": window, "refit_every": refit_every, "seed": seed,
+        "mode": "replay", "served_model": model, "max_tokens": cap, "requests": total,
+        "window": window, "refit_every": refit_every, "seeds": list(seeds),
         "stream_prompts": len(stream_part),
-        "stream_repeats_prompts": len(stream) > len(stream_part), "offline_training_prompts": len(train_part),
-        "cold_start_window": first, "checkpoints": checkpoints,
-        "cost_model": str(cost_model) if cost_model is not None and cost_model.exists() else None,
-        "learner": learner.status(model),
+        "stream_repeats_prompts": total > len(stream_part),
+        "offline_training_prompts": len(train_part),
+        "cold_start_window": _checkpoint(runs, 0, min(window, total), None)["online"],
+        "checkpoints": checkpoints,
+        "cost_model": str(cost_model) if cost_model is not None else None,
+        "learner": [r.learner for r in runs],
         "refit_seconds_mean": float(np.mean(refit_seconds)) if refit_seconds else None,
         "seconds": round(time.perf_counter() - started, 1),
-        "notes": ("actual = one sampled length of the prompt (what a request meets); tau over the "
-                  "last `window` requests before each checkpoint; the offline predictor was trained "
-                  "on the profile's other half of prompts (grouped split); simulated_burst_latency "
-                  "replays each checkpoint's window as one burst through the simulator (calibrated "
-                  "CPU cost model, bench live's engine and admission), sjf-aged with each "
-                  "prediction source's numbers and fcfs for reference"),
+        "notes": ("each seed streams the profile's held-out half of prompts in its own order "
+                  "through a fresh learner; actual = one sampled length of the prompt (what a "
+                  "request meets), a prompt recurring with another of its samples once all were "
+                  "used (repeated_prompt_share); figures over the last `window` requests before "
+                  "each checkpoint, mean over seeds with the sd beside; kendall_tau_vs_prompt_mean "
+                  "ranks against the prompt's mean over its samples (the expected length, free of "
+                  "one sample's noise); the offline predictor was trained on the profile's other "
+                  "half of prompts (grouped split); simulated_burst_latency replays each window as "
+                  "one burst through the simulator (calibrated CPU cost model, bench live's engine "
+                  "and admission), sjf-aged with each source's numbers and fcfs for reference"),
     }
 
 

@@ -127,6 +127,7 @@ def bench_online(
     rate: float = typer.Option(1.0, help="live: Poisson arrivals per second"),
     max_tokens: int = typer.Option(256, help="live: max_tokens of every request"),
     seed: int = typer.Option(0),
+    seeds: int = typer.Option(5, min=1, help="replay: streams seed, seed+1, ... each through a fresh learner"),
     output: Path | None = typer.Option(None, help="Report JSON (default reports/online_learning_bench.json)"),
 ) -> None:
     """Cold start with the model-agnostic predictor; rolling tau (and sjf latency, live) as the gateway learns."""
@@ -134,7 +135,7 @@ def bench_online(
     from server.online_learning_bench import live, replay, write_report
 
     if mode == "replay":
-        report = replay(directory, requests, window, seed, refit_every)
+        report = replay(directory, requests, window, range(seed, seed + seeds), refit_every)
     elif mode == "live":
         if not worker:
             raise typer.BadParameter("--worker is required with --mode live")

@@ -124,3 +124,55 @@ def test_online_learning_off_serves_the_trained_predictor_unchanged(
             assert got == float(f"{max(1.0, expected):.0f}")
         metrics = client.get(gw.url + "/metrics").text
     assert not re.search(r"^lengthwise_predictor_rolling_kendall_tau\{", metrics, re.MULTILINE)
+
+
+CODE_TASKS = ("a python function", "a sql query", "a bash script", "a regular expression",
+              "a javascript class", "a c++ template", "a rust macro", "a unit test")
+PROSE_TASKS = ("a poem", "a short story", "a travel diary entry", "a fairy tale", "a love letter",
+               "a song", "a eulogy", "a speech")
+#: never observed: the rule must carry over to tasks the learner has not seen
+UNSEEN_CODE_TASKS = ("a java method", "a go program", "a python class", "a sql index")
+UNSEEN_PROSE_TASKS = ("a sonnet", "a limerick", "a fable", "a wedding toast")
+
+
+def topic_prompt(rng: random.Random, unseen: bool = False) -> tuple[str, float]:
+    """A served model unlike CASTILLO's: terse on code, verbose on prose, whatever the wording."""
+    code = rng.random() < 0.5
+    if unseen:
+        task = rng.choice(UNSEEN_CODE_TASKS if code else UNSEEN_PROSE_TASKS)
+    else:
+        task = rng.choice(CODE_TASKS if code else PROSE_TASKS)
+    length = rng.gauss(25, 5) if code else rng.gauss(300, 40)
+    return f"please write {task} about {rng.choice(TOPICS)}.", max(1.0, length)
+
+
+def test_learner_generalises_a_topic_rule_to_unseen_prompts(length_predictor):
+    # The same template for both kinds, in lower case: lexical statistics alone cannot tell
+    # them apart,
+    # the base's topic features can, and CASTILLO's models tend to answer code at length.
+    from scipy.stats import kendalltau
+
+    rng = random.Random(3)
+    learner = OnlineLearningPredictor(
+        length_predictor, OnlineLearningSettings(refit_every=100, min_observations=100, nice=0))
+    for _ in range(300):
+        text, actual = topic_prompt(rng)
+        learner.observe("terse-coder", text, learner.predict(text, "terse-coder").mean, actual)
+        assert learner.wait_for_refits(120)  # every due refit runs: the same result each time
+    assert learner.status("terse-coder")["refits_accepted"] >= 1
+    held_out = [topic_prompt(random.Random(1000 + i), unseen=True) for i in range(80)]
+    texts = [t for t, _ in held_out]
+    truth = [a for _, a in held_out]
+    base = [p.mean for p in length_predictor.predict_batch(texts, ["terse-coder"] * 80)]
+    learned = [p.mean for p in learner.predict_batch(texts, ["terse-coder"] * 80)]
+    # within a kind the order is noise; what can be learned is the kind: the share of
+    # (code, prose) pairs put in the right order
+    is_code = [any(c in t for c in UNSEEN_CODE_TASKS) for t in texts]
+
+    def ordered_share(pred: list[float]) -> float:
+        pairs = [(c, p) for c, kc in zip(pred, is_code) if kc for p, kp in zip(pred, is_code) if not kp]
+        return sum(c < p for c, p in pairs) / len(pairs)
+
+    assert ordered_share(learned) > 0.85
+    assert ordered_share(base) < 0.8
+    assert kendalltau(learned, truth).statistic > kendalltau(base, truth).statistic + 0.2
