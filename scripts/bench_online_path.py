@@ -35,7 +35,7 @@ def observations(profile_dir: Path) -> list[tuple[str, float]]:
         profile = load_profile(profile_dir)
         return [(text, float(rng.choice(list(sizes))))
                 for text, sizes in zip(profile["prompt_text"], profile["output_sizes"])]
-    words = "river bread write explain list code python story poem summary history".split()
+    words = ["river", "bread", "write", "explain", "list", "code", "python", "story", "poem", "summary", "history"]
     return [(" ".join(rng.choice(words) for _ in range(rng.randint(5, 80))), rng.uniform(10, 500))
             for _ in range(1000)]
 

@@ -305,11 +305,40 @@ def run_live_bench(
         "sjf_p99_over_fcfs_p99_target": 1.5,
     }
     report["prediction"] = _prediction_quality(all_results["gateway_sjf"])
+    report["by_length_third"] = length_thirds(all_results)
     report["environment"] = {"worker_url": worker_url, "model": model,
                              "measured_at_unix": time.time()}
     write_json_report(out_dir / "live_bench.json", report)
     _plot(all_results, out_dir / "live_bench.png")
     return report
+
+
+def length_thirds(all_results: dict[str, list[RequestResult]],
+                  reference: str = "gateway_fcfs") -> dict[str, Any]:
+    """Mean E2E per arm for the shortest, middle and longest third of the requests.
+
+    A request's third is fixed by its length in the ``reference`` arm (the same prompt and
+    seed give nearly the same length in every arm), so each arm is scored on the same
+    requests: whether short answers stop waiting behind long ones, and what the long pay."""
+    ref = {r.index: r.completion_tokens for r in all_results[reference] if r.ok}
+    ordered = sorted(ref, key=lambda i: (ref[i], i))
+    cut = len(ordered) / 3
+    thirds = {"shortest": set(ordered[: round(cut)]),
+              "middle": set(ordered[round(cut): round(2 * cut)]),
+              "longest": set(ordered[round(2 * cut):])}
+    out: dict[str, Any] = {"reference_arm": reference}
+    for name, members in thirds.items():
+        lengths = [ref[i] for i in members]
+        band: dict[str, Any] = {"requests": len(members),
+                                "tokens_min": min(lengths) if lengths else None,
+                                "tokens_max": max(lengths) if lengths else None}
+        for arm, results in all_results.items():
+            e2e = [r.e2e_s for r in results if r.ok and r.index in members]
+            band[f"{arm}_e2e_mean_s"] = statistics.fmean(e2e) if e2e else None
+        fcfs, sjf = band.get("gateway_fcfs_e2e_mean_s"), band.get("gateway_sjf_e2e_mean_s")
+        band["sjf_over_fcfs"] = sjf / fcfs if fcfs and sjf is not None else None
+        out[name] = band
+    return out
 
 
 def _prediction_quality(results: list[RequestResult]) -> dict[str, float | None]:
