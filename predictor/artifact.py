@@ -78,8 +78,13 @@ def _library_versions() -> dict[str, str]:
 
 def train_artifact(frame: pd.DataFrame, directory: Path | None = None, *, holdout: bool = True,
                    source: str = "", feature_config: FeatureConfig | None = None,
-                   params: TrainParams | None = None) -> Path:
-    """Cleans, trains and writes one artifact directory (atomically replaced); returns it."""
+                   params: TrainParams | None = None, served_profile: pd.DataFrame | None = None,
+                   served_profile_info: dict | None = None) -> Path:
+    """Cleans, trains and writes one artifact directory (atomically replaced); returns it.
+
+    ``served_profile``: rows of a served model's own profile (CASTILLO schema, already
+    cleaned for its cap) trained on beside CASTILLO's, the served model as one more model
+    name. The fingerprint stays CASTILLO's, so ``ensure_trained`` keeps such an artifact."""
     directory = Path(directory or default_artifact_dir())
     feature_config = feature_config or FeatureConfig()
     params = params or TrainParams()
@@ -91,7 +96,10 @@ def train_artifact(frame: pd.DataFrame, directory: Path | None = None, *, holdou
     cleaned, cleaning = remove_degenerate(frame)
     if cleaned.empty:
         raise CastilloDataError("no training rows left after the hold-out split and cleaning")
-    result = train_length_model(cleaned, feature_config, params)
+    trained_on = cleaned
+    if served_profile is not None and not served_profile.empty:
+        trained_on = pd.concat([cleaned, served_profile], ignore_index=True)
+    result = train_length_model(trained_on, feature_config, params)
 
     with staged_directory(directory) as staging:
         result.model.save(staging)
@@ -113,6 +121,9 @@ def train_artifact(frame: pd.DataFrame, directory: Path | None = None, *, holdou
                 "calibration": {"rows_fit": result.rows_fit,
                                 "rows_held": result.rows_calibration},
                 "prompts": int(cleaned["prompt_id"].nunique()),
+                "served_model_profile": (
+                    {**(served_profile_info or {}), "rows": len(served_profile)}
+                    if served_profile is not None and not served_profile.empty else None),
             },
             "feature_set": feature_config.name,
             "features": feature_config.to_dict(),

@@ -116,6 +116,27 @@ def evaluate(
     typer.echo(f"wrote {target}")
 
 
+@app.command("train")
+def train(
+    directory: Path = typer.Argument(..., help="Profile run folder of the served model"),
+    output: Path = typer.Option(..., help="Predictor folder to write (serve it with --predictor-dir)"),
+    castillo: Path | None = typer.Option(None, help="CASTILLO file or folder (default: the shared copy)"),
+    exclude_prompts: list[Path] = typer.Option(
+        [], help="Prompt files whose prompts are left out of the profile's rows (e.g. a "
+                 "benchmark's), in any format `lengthwise profile` reads"),
+) -> None:
+    """Train a predictor on CASTILLO plus the served model's profile (the served model as one
+    more known model), for `lengthwise serve --predictor-dir OUTPUT`."""
+    from predictor.artifact import read_meta
+    from predictor.profiling.served_eval import train_served_artifact
+
+    directory_out = train_served_artifact(directory, output, castillo, exclude_prompts)
+    meta = read_meta(directory_out) or {}
+    typer.echo(json.dumps({"artifact": str(directory_out),
+                           "served_model_profile": meta.get("data", {}).get("served_model_profile"),
+                           "training_seconds": meta.get("training_seconds")}, indent=2))
+
+
 @app.command("bench-online")
 def bench_online(
     directory: Path = typer.Argument(..., help="Profile run folder of the served model"),

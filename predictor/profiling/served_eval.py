@@ -153,3 +153,35 @@ def evaluate_served_model(profile_dir: Path | str, castillo_source: Path | str |
                   "held_out_unseen_by_castillo keeps the prompts whose text is not in CASTILLO's "
                   "training split"),
     }
+
+
+def _normalized(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def train_served_artifact(profile_dir: Path | str, output: Path | str,
+                          castillo_source: Path | str | None = None,
+                          exclude_prompt_files: list[Path] | None = None, *,
+                          feature_config=None, params: TrainParams | None = None) -> Path:
+    """The ``both`` setting as a servable artifact: CASTILLO's training split plus every
+    clean profile row (minus prompts found in ``exclude_prompt_files``, compared with
+    whitespace normalized), the served model as one more known model name."""
+    from predictor.artifact import train_artifact
+    from predictor.profiling.prompt_files import read_prompt_files
+
+    profile = load_profile(profile_dir)
+    cap = profile_cap(profile)
+    rows = clean_profile(profile, cap)
+    excluded = 0
+    if exclude_prompt_files:
+        banned = {_normalized(p.text) for p in read_prompt_files(exclude_prompt_files)}
+        keep = ~rows["prompt_text"].map(_normalized).isin(banned)
+        excluded = int((~keep).sum())
+        rows = rows[keep].reset_index(drop=True)
+    info = {"profile": str(profile_dir), "served_model": str(profile["model"].iloc[0]),
+            "max_tokens": cap, "rows_excluded_as_benchmark_prompts": excluded,
+            "excluded_prompt_files": [str(p) for p in exclude_prompt_files or []]}
+    return train_artifact(load_castillo(castillo_source), Path(output),
+                          source=str(castillo_source or "default CASTILLO source"),
+                          feature_config=feature_config, params=params,
+                          served_profile=rows, served_profile_info=info)

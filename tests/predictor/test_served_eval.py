@@ -34,3 +34,36 @@ def test_the_profile_improves_ranking_and_short_cap_rows_are_kept(small_rows, sm
     assert settings["both"]["held_out_all"]["kendall_tau_mean"] > (agnostic["kendall_tau_mean"] or 0.0)
     # synthetic prompts: none of them is in CASTILLO, so the unseen subset is all of them
     assert settings["both"]["held_out_unseen_by_castillo"]["rows"] == settings["both"]["held_out_all"]["rows"]
+
+
+def test_a_served_artifact_knows_the_served_model_and_survives_ensure_trained(
+        small_rows, small_config, tmp_path):
+    import json
+
+    from predictor.api import CastilloLengthPredictor
+    from predictor.artifact import ensure_trained, read_meta
+    from predictor.profiling.report import load_profile
+    from predictor.profiling.served_eval import train_served_artifact
+
+    profile = write_synthetic_profile(tmp_path / "profile", cap=CAP)
+    castillo = tmp_path / "castillo.parquet"
+    small_rows.to_parquet(castillo)
+    # a benchmark's prompts (here five of the profile's, in the profiler's JSON format,
+    # with other whitespace) are left out of training
+    texts = list(load_profile(profile)["prompt_text"])
+    bench = tmp_path / "bench.json"
+    bench.write_text(json.dumps([{"instruction": "  " + t.replace(" ", "  ") + "\n"}
+                                 for t in texts[:5]]))
+    features, params = small_config
+    out = train_served_artifact(profile, tmp_path / "served", castillo, [bench],
+                                feature_config=features, params=params)
+    info = read_meta(out)["data"]["served_model_profile"]
+    assert info["rows"] == len(texts) - 5 and info["rows_excluded_as_benchmark_prompts"] == 5
+    served_model = info["served_model"]
+    predictor = CastilloLengthPredictor.from_directory(out)
+    assert predictor.is_known_model(served_model)
+    preds = predictor.predict_batch(texts[5:], [served_model] * (len(texts) - 5), [CAP] * (len(texts) - 5))
+    assert all(p.model_known and p.mean <= CAP for p in preds)
+    # the gateway loads predictors through ensure_trained: the served artifact is kept as it is
+    assert ensure_trained(castillo, out) == out
+    assert read_meta(out)["data"]["served_model_profile"] == info
