@@ -90,11 +90,6 @@ class CastilloLengthPredictor:
                 sampling: dict | None = None) -> LengthPrediction:
         return self.predict_batch([prompt], [model], [max_tokens], [sampling])[0]
 
-    def text_features(self, texts: Sequence[str]) -> np.ndarray:
-        """The model's text feature rows (lexical, n-gram topic and ridge scores) for prompt
-        texts; what a calibrator on top of this predictor may learn from."""
-        return self._model.featurizer.transform([str(t) for t in texts])
-
     def predict_batch(self, prompts: Sequence[PromptOrMessages], models: Sequence[str],
                       max_tokens: Sequence[int | None] | None = None,
                       samplings: Sequence[dict | None] | None = None) -> list[LengthPrediction]:
@@ -105,8 +100,9 @@ class CastilloLengthPredictor:
         max_tokens: Sequence[int | None] | None = None,
         samplings: Sequence[dict | None] | None = None,
     ) -> tuple[list[LengthPrediction], np.ndarray]:
-        """``predict_batch``, and the rows of :meth:`text_features` it computed on the way
-        (so a calibrator on top does not featurize each prompt twice)."""
+        """``predict_batch``, and the text feature rows (lexical, n-gram topic and ridge
+        scores) it computed on the way: what a calibrator on top may learn from, without
+        featurizing each prompt twice."""
         if isinstance(prompts, (str, bytes)) or isinstance(models, (str, bytes)):
             raise PredictorInputError("predict_batch takes sequences of prompts and models")
         n = len(prompts)
@@ -121,10 +117,7 @@ class CastilloLengthPredictor:
         caps = [check_max_tokens(m) for m in max_tokens]
         for sampling in samplings:
             check_sampling(sampling)
-        # a batch often repeats a prompt (one per model): featurize each text once
-        unique: dict[str, int] = {}
-        positions = [unique.setdefault(t, len(unique)) for t in texts]
-        features = self._model.featurizer.transform(list(unique))[positions]
+        features = self._model.featurize(texts)
         raw = self._model.predict_features(features, [self._model.model_code(m) for m in names])
         out = []
         for i, cap in enumerate(caps):

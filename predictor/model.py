@@ -73,13 +73,16 @@ class LengthModel:
         p90 = np.clip(np.maximum(out["p90"], p50), 1.0, OUTPUT_CAP)
         return RawPrediction(mean, p50, p90, known)
 
-    def predict_texts(self, texts: list[str], model_names: list[str]) -> RawPrediction:
-        codes = [self.model_code(m) for m in model_names]
+    def featurize(self, texts: list[str]) -> np.ndarray:
+        """Feature rows for prompt texts, in order."""
         # a batch often repeats a prompt (one per model): featurize each text once
         unique: dict[str, int] = {}
         positions = [unique.setdefault(t, len(unique)) for t in texts]
-        features = self.featurizer.transform(list(unique))
-        return self.predict_features(features[positions], codes)
+        return self.featurizer.transform(list(unique))[positions]
+
+    def predict_texts(self, texts: list[str], model_names: list[str]) -> RawPrediction:
+        return self.predict_features(self.featurize(texts),
+                                     [self.model_code(m) for m in model_names])
 
     # -- persistence -----------------------------------------------------------------------
 

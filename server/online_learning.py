@@ -120,8 +120,6 @@ class OnlineLearningPredictor:
     def __init__(self, base: LengthPredictor, settings: OnlineLearningSettings | None = None,
                  registry: CollectorRegistry | None = None):
         self.base = base
-        #: the base's own text features, when it has them (``CastilloLengthPredictor`` does)
-        self._text_features = getattr(base, "text_features", None)
         self.settings = settings or OnlineLearningSettings()
         self._models: dict[str, _ModelState] = {}
         self._models_lock = threading.Lock()
@@ -137,39 +135,35 @@ class OnlineLearningPredictor:
     def predict_batch(self, prompts: Sequence[PromptOrMessages], models: Sequence[str],
                       max_tokens: Sequence[int | None] | None = None,
                       samplings: Sequence[dict | None] | None = None) -> list[LengthPrediction]:
-        calibrated: dict[int, Calibrator] = {}
-        for i, model in enumerate(models):
-            state = self._models.get(model)
-            if state is not None and state.calibrator is not None:
-                calibrated[i] = state.calibrator
-        with_features = getattr(self.base, "predict_batch_with_features", None)
-        text_rows = None
-        if calibrated and with_features is not None:
-            base, text_rows = with_features(prompts, models, max_tokens, samplings)
-        else:
-            base = self.base.predict_batch(prompts, models, max_tokens, samplings)
+        base, text_rows = self.base_predictions(prompts, models, max_tokens, samplings)
         caps = list(max_tokens) if max_tokens is not None else [None] * len(base)
         out = list(base)
-        if not calibrated:
+        # each calibrator read once: a refit may swap it in meanwhile
+        calibrators = {i: state.calibrator for i, model in enumerate(models)
+                       if (state := self._models.get(model)) is not None
+                       and state.calibrator is not None}
+        if not calibrators:
             return out
-        rows = list(calibrated)
+        rows = list(calibrators)
         texts = [render_prompt(prompts[i]) for i in rows]
-        if text_rows is not None:
-            features = Calibrator.features(texts, [len(t) for t in texts], [base[i] for i in rows],
-                                           text_rows[rows])
-        else:
-            features = self.features(texts, [base[i] for i in rows])
+        features = Calibrator.features([clip_text(t, KEPT_CHARS) for t in texts],
+                                       [len(t) for t in texts], [base[i] for i in rows],
+                                       None if text_rows is None else text_rows[rows])
         for j, i in enumerate(rows):
-            mean = float(calibrated[i].predict_tokens(features[j:j + 1])[0])
+            mean = float(calibrators[i].predict_tokens(features[j:j + 1])[0])
             out[i] = _rescaled(base[i], mean, caps[i])
         return out
 
-    def features(self, texts: Sequence[str], base: Sequence[LengthPrediction]) -> np.ndarray:
-        """The calibrator's input rows for prompt texts and their base predictions (the
-        buffer keeps texts clipped to ``KEPT_CHARS``, as the base's featurizer reads them)."""
-        clipped = [clip_text(t, KEPT_CHARS) for t in texts]
-        text_features = self._text_features(clipped) if self._text_features else None
-        return Calibrator.features(clipped, [len(t) for t in texts], base, text_features)
+    def base_predictions(self, prompts: Sequence[PromptOrMessages], models: Sequence[str],
+                         max_tokens: Sequence[int | None] | None = None,
+                         samplings: Sequence[dict | None] | None = None
+                         ) -> tuple[list[LengthPrediction], np.ndarray | None]:
+        """The base's predictions, and its text feature rows when it offers them
+        (``CastilloLengthPredictor`` does; others get lexical statistics instead)."""
+        with_features = getattr(self.base, "predict_batch_with_features", None)
+        if with_features is not None:
+            return with_features(prompts, models, max_tokens, samplings)
+        return self.base.predict_batch(prompts, models, max_tokens, samplings), None
 
     # --- learning ---------------------------------------------------------------------
 
@@ -261,11 +255,10 @@ def fit_calibrator(learner: OnlineLearningPredictor, model: str, observations: l
     from scipy.stats import kendalltau
 
     texts = [o.text for o in observations]
-    base_preds = learner.base.predict_batch(texts, [model] * len(texts),
-                                            [o.cap for o in observations])
-    features = Calibrator.features(
-        texts, [o.full_chars for o in observations], base_preds,
-        learner._text_features(texts) if learner._text_features else None)
+    base_preds, text_rows = learner.base_predictions(texts, [model] * len(texts),
+                                                     [o.cap for o in observations])
+    features = Calibrator.features(texts, [o.full_chars for o in observations], base_preds,
+                                   text_rows)
     target = np.array([o.actual for o in observations])
     n_valid = min(len(observations) // 2,
                   max(settings.min_validation, int(len(observations) * settings.validation_share)))
