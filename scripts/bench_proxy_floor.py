@@ -17,7 +17,6 @@ import asyncio
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 import aiohttp
@@ -26,7 +25,13 @@ from aiohttp import web
 
 from predictor.files import write_json_report
 from predictor.locations import reports_dir
-from server.live_bench import GatewayProcess, percentile
+from server.live_bench import (
+    GatewayProcess,
+    alternate_requests,
+    overhead_request,
+    paired_overhead_ms,
+    percentile,
+)
 from server.worker_process import free_port
 
 PATH = "/v1/chat/completions"
@@ -60,35 +65,24 @@ def main() -> None:
     worker = sys.argv[1] if len(sys.argv) > 1 else "http://127.0.0.1:8400"
     pairs = int(sys.argv[2]) if len(sys.argv) > 2 else 200
     model = httpx.get(worker + "/v1/models").json()["data"][0]["id"]
-    body = {"model": model, "messages": [{"role": "user", "content": "Say hi."}],
-            "max_tokens": 1, "temperature": 0.0}
+    body = overhead_request(model)
     proxy_port, ready = free_port(), threading.Event()
     threading.Thread(target=serve_minimal_proxy, args=(worker, proxy_port, ready),
                      daemon=True).start()
     ready.wait()
     tmp = Path(tempfile.mkdtemp())
     gateway_args = ["--policy", "sjf-aged", "--request-log", str(tmp / "requests.jsonl")]
-    with (GatewayProcess(worker, free_port(), gateway_args, tmp / "gateway.log") as gw,
-          httpx.Client(timeout=60, trust_env=False) as client):
-        targets = {"direct": worker, "proxy": f"http://127.0.0.1:{proxy_port}", "gateway": gw.url}
-        for _ in range(10):  # warm every path and its connections
-            for url in targets.values():
-                client.post(url + PATH, json=body)
-        seconds: dict[str, list[float]] = {name: [] for name in targets}
-        for _ in range(pairs):
-            for name, url in targets.items():
-                began = time.perf_counter()
-                response = client.post(url + PATH, json=body)
-                seconds[name].append(time.perf_counter() - began)
-                response.raise_for_status()
+    with GatewayProcess(worker, free_port(), gateway_args, tmp / "gateway.log") as gw:
+        seconds = alternate_requests(
+            {"direct": worker, "proxy": f"http://127.0.0.1:{proxy_port}", "gateway": gw.url},
+            body, pairs)
     report = {"pairs": pairs, "worker_url": worker, "request": body,
               "direct_p50_ms": percentile(seconds["direct"], 0.5) * 1000}
     for name in ("proxy", "gateway"):
-        diffs = [a - b for a, b in zip(seconds[name], seconds["direct"])]
-        report[f"{name}_paired_overhead_p50_ms"] = percentile(diffs, 0.5) * 1000
-        report[f"{name}_paired_overhead_p90_ms"] = percentile(diffs, 0.9) * 1000
-        print(f"{name:8s} paired overhead p50 {report[f'{name}_paired_overhead_p50_ms']:.2f} ms, "
-              f"p90 {report[f'{name}_paired_overhead_p90_ms']:.1f} ms")
+        p50, p90 = paired_overhead_ms(seconds[name], seconds["direct"])
+        report[f"{name}_paired_overhead_p50_ms"] = p50
+        report[f"{name}_paired_overhead_p90_ms"] = p90
+        print(f"{name:8s} paired overhead p50 {p50:.2f} ms, p90 {p90:.1f} ms")
     print(f"direct p50 {report['direct_p50_ms']:.1f} ms")
     print("wrote", write_json_report(reports_dir() / "proxy_floor.json", report))
 

@@ -7,19 +7,13 @@ settings, not EDT). Stops on SIGTERM or Ctrl-C.
 Usage: .venv/bin/python scripts/profile_worker.py [PORT] [MAX_NUM_SEQS]
 """
 
-import signal
 import sys
 
 from server.local_model import prepare_local_model
-from server.worker_process import WorkerConfig, WorkerProcess
+from server.worker_process import WorkerConfig, serve_until_signalled
 
 port = int(sys.argv[1]) if len(sys.argv) > 1 else 8500
 max_num_seqs = int(sys.argv[2]) if len(sys.argv) > 2 else 64
 config = WorkerConfig(model_path=prepare_local_model().path, port=port, max_num_seqs=max_num_seqs,
                       enforce_eager=False, logits_processors=(), startup_timeout_s=600)
-stop_signals = {signal.SIGTERM, signal.SIGINT}
-# Blocked first, so the signal is taken by sigwait and the worker is stopped on the way out.
-signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
-with WorkerProcess(config) as worker:
-    print("ready", worker.base_url, flush=True)
-    signal.sigwait(stop_signals)
+serve_until_signalled(config)

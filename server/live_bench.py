@@ -387,6 +387,34 @@ def _plot(all_results: dict[str, list[RequestResult]], path: Path) -> None:
 # --- gateway overhead ----------------------------------------------------------------
 
 
+def overhead_request(model: str) -> dict:
+    """The low-load probe: a 1-token greedy chat answer, so the hop is most of what varies."""
+    return {"model": model, "messages": [{"role": "user", "content": "Say hi."}],
+            "max_tokens": 1, "temperature": 0.0}
+
+
+def alternate_requests(targets: dict[str, str], body: dict, rounds: int,
+                       warm_up: int = 10) -> dict[str, list[float]]:
+    """Seconds per request to each base URL's chat endpoint: one sequential request to each
+    target in turn, ``rounds`` times, after ``warm_up`` untimed rounds (paths, connections)."""
+    seconds: dict[str, list[float]] = {name: [] for name in targets}
+    with httpx.Client(timeout=60, trust_env=False) as client:
+        for round_ in range(warm_up + rounds):
+            for name, url in targets.items():
+                began = time.perf_counter()
+                response = client.post(f"{url}/v1/chat/completions", json=body)
+                if round_ >= warm_up:
+                    seconds[name].append(time.perf_counter() - began)
+                response.raise_for_status()
+    return seconds
+
+
+def paired_overhead_ms(via: list[float], direct: list[float]) -> tuple[float, float]:
+    """p50 and p90 of the per-round difference (ms): what one hop adds to the same request."""
+    diffs = [v - d for v, d in zip(via, direct)]
+    return percentile(diffs, 0.5) * 1000, percentile(diffs, 0.9) * 1000
+
+
 def measure_overhead(
     worker_url: str, model: str, samples: int = 200, out_dir: Path | None = None, log=print
 ) -> dict[str, Any]:
@@ -395,30 +423,19 @@ def measure_overhead(
     out_dir.mkdir(parents=True, exist_ok=True)
     scratch = Path(os.environ.get("TMPDIR", "/tmp")) / "lengthwise-bench"
     scratch.mkdir(parents=True, exist_ok=True)
-    body = {"model": model, "messages": [{"role": "user", "content": "Say hi."}],
-            "max_tokens": 1, "temperature": 0.0}
+    body = overhead_request(model)
     args = ["--policy", "sjf-aged", "--request-log", str(scratch / "overhead.requests.jsonl")]
-    direct: list[float] = []
-    via: list[float] = []
-    with (GatewayProcess(worker_url, free_port(), args, scratch / "overhead.gateway.log") as gw,
-          httpx.Client(timeout=60, trust_env=False) as client):
-            for i in range(10):  # warm both paths and connections
-                client.post(f"{worker_url}/v1/chat/completions", json=body)
-                client.post(f"{gw.url}/v1/chat/completions", json=body)
-            for i in range(samples):
-                for target, sink in ((worker_url, direct), (gw.url, via)):
-                    t0 = time.perf_counter()
-                    r = client.post(f"{target}/v1/chat/completions", json=body)
-                    sink.append(time.perf_counter() - t0)
-                    r.raise_for_status()
-    diffs = [g - d for g, d in zip(via, direct)]
+    with GatewayProcess(worker_url, free_port(), args, scratch / "overhead.gateway.log") as gw:
+        seconds = alternate_requests({"direct": worker_url, "gateway": gw.url}, body, samples)
+    direct, via = seconds["direct"], seconds["gateway"]
+    paired_p50, paired_p90 = paired_overhead_ms(via, direct)
     result = {
         "samples": samples,
         "direct_p50_ms": percentile(direct, 0.5) * 1000,
         "gateway_p50_ms": percentile(via, 0.5) * 1000,
         "overhead_p50_ms": (percentile(via, 0.5) - percentile(direct, 0.5)) * 1000,
-        "paired_overhead_p50_ms": percentile(diffs, 0.5) * 1000,
-        "paired_overhead_p90_ms": percentile(diffs, 0.9) * 1000,
+        "paired_overhead_p50_ms": paired_p50,
+        "paired_overhead_p90_ms": paired_p90,
         "target_p50_ms": 2.0,
         "request": {"max_tokens": 1, "stream": False},
         "worker_url": worker_url,

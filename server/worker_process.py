@@ -270,6 +270,16 @@ class WorkerProcess:
         self.stop()
 
 
+def serve_until_signalled(config: WorkerConfig) -> None:
+    """Run one worker, print ``ready URL``, and stop it on SIGTERM or Ctrl-C (for scripts)."""
+    stop_signals = {signal.SIGTERM, signal.SIGINT}
+    # Blocked first, so the signal is taken by sigwait and the worker is stopped on the way out.
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+    with WorkerProcess(config) as worker:
+        print("ready", worker.base_url, flush=True)
+        signal.sigwait(stop_signals)
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m server.worker_process [--port P] [--no-edt]``: run a worker in the foreground."""
     import argparse
