@@ -96,9 +96,10 @@ def train_artifact(frame: pd.DataFrame, directory: Path | None = None, *, holdou
     cleaned, cleaning = remove_degenerate(frame)
     if cleaned.empty:
         raise CastilloDataError("no training rows left after the hold-out split and cleaning")
-    trained_on = cleaned
-    if served_profile is not None and not served_profile.empty:
-        trained_on = pd.concat([cleaned, served_profile], ignore_index=True)
+    if served_profile is not None and served_profile.empty:
+        served_profile = None
+    trained_on = cleaned if served_profile is None else pd.concat(
+        [cleaned, served_profile], ignore_index=True)
     result = train_length_model(trained_on, feature_config, params)
 
     with staged_directory(directory) as staging:
@@ -121,9 +122,8 @@ def train_artifact(frame: pd.DataFrame, directory: Path | None = None, *, holdou
                 "calibration": {"rows_fit": result.rows_fit,
                                 "rows_held": result.rows_calibration},
                 "prompts": int(cleaned["prompt_id"].nunique()),
-                "served_model_profile": (
-                    {**(served_profile_info or {}), "rows": len(served_profile)}
-                    if served_profile is not None and not served_profile.empty else None),
+                "served_model_profile": None if served_profile is None else {
+                    **(served_profile_info or {}), "rows": len(served_profile)},
             },
             "feature_set": feature_config.name,
             "features": feature_config.to_dict(),

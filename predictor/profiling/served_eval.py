@@ -33,6 +33,7 @@ from predictor.api import CastilloLengthPredictor
 from predictor.artifact import ensure_trained, split_holdout
 from predictor.cleaning import remove_degenerate
 from predictor.evaluate import rank_and_error, single_sample_choice
+from predictor.features import FeatureConfig
 from predictor.loader import grouped_split, load_castillo
 from predictor.profiling.degeneration import flag_degenerate
 from predictor.profiling.report import load_profile, profile_cap
@@ -162,7 +163,8 @@ def _normalized(text: str) -> str:
 def train_served_artifact(profile_dir: Path | str, output: Path | str,
                           castillo_source: Path | str | None = None,
                           exclude_prompt_files: list[Path] | None = None, *,
-                          feature_config=None, params: TrainParams | None = None) -> Path:
+                          feature_config: FeatureConfig | None = None,
+                          params: TrainParams | None = None) -> Path:
     """The ``both`` setting as a servable artifact: CASTILLO's training split plus every
     clean profile row (minus prompts found in ``exclude_prompt_files``, compared with
     whitespace normalized), the served model as one more known model name."""
