@@ -14,7 +14,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,6 +86,25 @@ class _Ticket:
         }
 
 
+class _DeferredPrediction:
+    """One request's length prediction, started on demand: before queueing, or (idle path)
+    once the request is on its way to the worker. ``start`` may be called any number of
+    times (once per attempt); ``result`` starts it if nobody has."""
+
+    def __init__(self, make: Callable[[], Awaitable[tuple[LengthPrediction, float]]]) -> None:
+        self._make = make
+        self._future: asyncio.Future[tuple[LengthPrediction, float]] | None = None
+
+    def start(self) -> None:
+        if self._future is None:
+            self._future = asyncio.ensure_future(self._make())
+
+    async def result(self) -> tuple[LengthPrediction, float]:
+        self.start()
+        assert self._future is not None
+        return await self._future
+
+
 class CompletionService:
     def __init__(
         self,
@@ -136,16 +155,17 @@ class CompletionService:
             raise GatewayError(404, f"The model `{parsed.model}` does not exist.",
                                param="model", code="model_not_found")
         # With nothing queued and a free slot, the prediction cannot change where or when
-        # the request runs: dispatch first and predict while the worker starts, keeping the
-        # predictor off the critical path at low load. Otherwise the queue needs it first.
+        # the request runs: dispatch first and predict once the request is on the wire,
+        # while the worker computes, keeping the predictor (and its hold on the GIL) off
+        # the critical path at low load. Otherwise the queue needs it first.
         predict_later = self.cfg.predict_after_dispatch_when_idle and (
             self.dispatcher.dispatchable_now())
-        predicting = asyncio.ensure_future(self._predict_async(endpoint, parsed))
+        predicting = _DeferredPrediction(lambda: self._predict_async(endpoint, parsed))
         if predict_later:
             prediction, predicted = None, self._typical_tokens
         else:
             try:
-                prediction, predicted = await predicting
+                prediction, predicted = await predicting.result()
             except PredictorInputError as exc:
                 raise bad_request(str(exc), code="invalid_value") from None
             self.metrics.predicted_tokens.observe(predicted)
@@ -160,7 +180,8 @@ class CompletionService:
             ticket.extra["learn_prompt"] = prompt_of_request(parsed)
         body, strip_usage = self._upstream_body(raw, parsed)
 
-        work = asyncio.ensure_future(self._dispatch(ticket, body, strip_usage))
+        work = asyncio.ensure_future(self._dispatch(
+            ticket, body, strip_usage, predicting.start if predict_later else None))
         gone = asyncio.ensure_future(wait_for_disconnect(receive))
         try:
             await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
@@ -228,7 +249,7 @@ class CompletionService:
         return self._predict(endpoint, parsed)
 
     async def _settle_prediction(
-        self, ticket: _Ticket, predicting: asyncio.Future, lease: Lease | None
+        self, ticket: _Ticket, predicting: _DeferredPrediction, lease: Lease | None
     ) -> None:
         """Fill in a prediction that was left for after dispatch (no-op otherwise).
 
@@ -237,7 +258,7 @@ class CompletionService:
         if ticket.prediction is not None:
             return
         try:
-            prediction, predicted = await predicting
+            prediction, predicted = await predicting.result()
         except PredictorInputError:
             if lease is not None:
                 raise
@@ -306,7 +327,8 @@ class CompletionService:
     # --- dispatch and retries -------------------------------------------------------
 
     async def _dispatch(
-        self, ticket: _Ticket, body: dict[str, Any], strip_usage: bool
+        self, ticket: _Ticket, body: dict[str, Any], strip_usage: bool,
+        on_sent: Callable[[], None] | None,
     ) -> tuple[Lease, UpstreamReply | OpenStream]:
         queued = QueuedRequest(ticket.request_id, ticket.arrival, ticket.predicted_tokens)
         tried: set[str] = set()
@@ -341,7 +363,7 @@ class CompletionService:
                 if remaining <= 0:
                     raise UpstreamFailure("request timeout", worker_down=False)
                 outcome = await self._attempt(lease.worker_url + path, body, ticket.stream,
-                                              strip_usage, remaining)
+                                              strip_usage, remaining, on_sent)
             except UpstreamFailure as failure:
                 self.dispatcher.release(lease)
                 self.pool.report_failure(lease.worker_url, failure.reason,
@@ -363,18 +385,19 @@ class CompletionService:
             return lease, outcome
 
     async def _attempt(
-        self, url: str, body: dict[str, Any], stream: bool, strip_usage: bool, remaining: float
+        self, url: str, body: dict[str, Any], stream: bool, strip_usage: bool, remaining: float,
+        on_sent: Callable[[], None] | None,
     ) -> UpstreamReply | OpenStream:
         if not stream:
             # first_byte_timeout_s bounds the whole answer (see config), leaving time to retry.
             return await post_complete(self.session, url, body,
                                        min(self.cfg.first_byte_timeout_s, remaining),
-                                       self.cfg.connect_timeout_s)
+                                       self.cfg.connect_timeout_s, on_sent)
         inspector = SSEInspector(self.clock, strip_usage)
         return await open_stream(
             self.client, url, body, connect_timeout_s=self.cfg.connect_timeout_s,
             first_event_timeout_s=min(self.cfg.first_byte_timeout_s, remaining),
-            inspector=inspector,
+            inspector=inspector, on_sent=on_sent,
         )
 
     # --- responses and accounting --------------------------------------------------
