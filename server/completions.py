@@ -154,12 +154,16 @@ class CompletionService:
         if parsed.model not in healthy_models:
             raise GatewayError(404, f"The model `{parsed.model}` does not exist.",
                                param="model", code="model_not_found")
+        request_id = f"lw-{uuid.uuid4().hex}"
         # With nothing queued and a free slot, the prediction cannot change where or when
-        # the request runs: dispatch first and predict once the request is on the wire,
-        # while the worker computes, keeping the predictor (and its hold on the GIL) off
-        # the critical path at low load. Otherwise the queue needs it first.
-        predict_later = self.cfg.predict_after_dispatch_when_idle and (
-            self.dispatcher.dispatchable_now())
+        # the request runs: take the slot now, dispatch, and predict once the request is
+        # on the wire, while the worker computes, keeping the predictor (and its hold on
+        # the GIL) off the critical path at low load. Otherwise the queue needs it first.
+        idle_lease = None
+        if self.cfg.predict_after_dispatch_when_idle:
+            idle_lease = self.dispatcher.try_acquire_now(
+                QueuedRequest(request_id, arrival, self._typical_tokens))
+        predict_later = idle_lease is not None
         predicting = _DeferredPrediction(lambda: self._predict_async(endpoint, parsed))
         if predict_later:
             prediction, predicted = None, self._typical_tokens
@@ -169,25 +173,34 @@ class CompletionService:
             except PredictorInputError as exc:
                 raise bad_request(str(exc), code="invalid_value") from None
             self.metrics.predicted_tokens.observe(predicted)
-        ticket = _Ticket(
-            request_id=f"lw-{uuid.uuid4().hex}", endpoint=endpoint, model=parsed.model,
-            stream=parsed.stream, n=parsed.n, cap=parsed.length_cap(), arrival=arrival,
-            arrival_unix=arrival_unix, prediction=prediction, predicted_tokens=predicted,
-            prompts=len(parsed.prompt_texts()) if isinstance(parsed, CompletionRequest) else 1,
-            queue_entry_s=self.clock() - arrival,
-        )
-        if isinstance(self.predictor, OnlineLearningPredictor):
-            ticket.extra["learn_prompt"] = prompt_of_request(parsed)
-        body, strip_usage = self._upstream_body(raw, parsed)
-
+        # The idle lease is handed over through this list: ``_dispatch`` takes it when it
+        # starts; whatever is left (the task cancelled before it ran) is given back here.
+        handed_over = [idle_lease] if idle_lease is not None else []
+        try:
+            ticket = _Ticket(
+                request_id=request_id, endpoint=endpoint, model=parsed.model,
+                stream=parsed.stream, n=parsed.n, cap=parsed.length_cap(), arrival=arrival,
+                arrival_unix=arrival_unix, prediction=prediction, predicted_tokens=predicted,
+                prompts=(len(parsed.prompt_texts()) if isinstance(parsed, CompletionRequest)
+                         else 1),
+                queue_entry_s=self.clock() - arrival,
+            )
+            if isinstance(self.predictor, OnlineLearningPredictor):
+                ticket.extra["learn_prompt"] = prompt_of_request(parsed)
+            body, strip_usage = self._upstream_body(raw, parsed)
+        except BaseException:
+            self._give_back(handed_over)
+            raise
         work = asyncio.ensure_future(self._dispatch(
-            ticket, body, strip_usage, predicting.start if predict_later else None))
+            ticket, body, strip_usage, predicting.start if predict_later else None,
+            handed_over))
         gone = asyncio.ensure_future(wait_for_disconnect(receive))
         try:
             await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
             work.cancel()
             gone.cancel()
+            self._give_back(handed_over)
             raise
         if gone.done():
             # The client left, possibly in the same instant the work finished: then
@@ -196,6 +209,7 @@ class CompletionService:
             if not work.done():
                 work.cancel()
             await asyncio.gather(work, return_exceptions=True)
+            self._give_back(handed_over)
             if not work.cancelled() and work.exception() is None:
                 lease, outcome = work.result()
                 if isinstance(outcome, OpenStream):
@@ -225,6 +239,11 @@ class CompletionService:
         if isinstance(outcome, UpstreamReply):
             return self._finish_reply(ticket, lease, outcome)
         return self._stream_response(ticket, lease, outcome)
+
+    def _give_back(self, handed_over: list[Lease]) -> None:
+        """Release an idle lease that ``_dispatch`` never took (it was cancelled unstarted)."""
+        while handed_over:
+            self.dispatcher.release(handed_over.pop())
 
     # --- request preparation ------------------------------------------------------
 
@@ -328,7 +347,7 @@ class CompletionService:
 
     async def _dispatch(
         self, ticket: _Ticket, body: dict[str, Any], strip_usage: bool,
-        on_sent: Callable[[], None] | None,
+        on_sent: Callable[[], None] | None, handed_over: list[Lease],
     ) -> tuple[Lease, UpstreamReply | OpenStream]:
         queued = QueuedRequest(ticket.request_id, ticket.arrival, ticket.predicted_tokens)
         tried: set[str] = set()
@@ -336,7 +355,10 @@ class CompletionService:
         path = PATHS[ticket.endpoint]
         while True:
             try:
-                lease = await self.dispatcher.acquire(queued, frozenset(tried))
+                if handed_over:
+                    lease = handed_over.pop()
+                else:
+                    lease = await self.dispatcher.acquire(queued, frozenset(tried))
             except QueueFull:
                 raise GatewayError(
                     429, "The gateway's queue is full; retry later.", code="queue_full",

@@ -24,6 +24,7 @@ from server.policy import (
     PolicyQueue,
     QueuedRequest,
     QueueFull,
+    SortKey,
     engine_priority,
     pick_worker,
 )
@@ -156,21 +157,36 @@ class Dispatcher:
             key = self.queue.key_of(head.request_id)
             self.queue.pop()
             del self._waiters[head.request_id]
-            self.pool.reserve(worker, head.predicted_tokens)
-            self._in_flight += 1
-            self._idle.clear()
             assert key is not None
-            priority = engine_priority(key, self._priority_epoch)
-            now = self.clock()
-            waiter.future.set_result(
-                Lease(worker, head, priority, now - waiter.enqueued_at, head.predicted_tokens)
-            )
+            waiter.future.set_result(self._grant(worker, head, key, waiter.enqueued_at))
+
+    def _grant(self, worker: str, request: QueuedRequest, key: SortKey, since: float) -> Lease:
+        self.pool.reserve(worker, request.predicted_tokens)
+        self._in_flight += 1
+        self._idle.clear()
+        priority = engine_priority(key, self._priority_epoch)
+        return Lease(worker, request, priority, self.clock() - since, request.predicted_tokens)
+
+    def try_acquire_now(self, request: QueuedRequest) -> Lease | None:
+        """A lease at once, without queueing, if the request would be dispatched now whatever
+        its size (see ``dispatchable_now``); else ``None`` (then use ``acquire``).
+
+        The slot is taken in the same step as the check: a burst's arrivals are all
+        handled before any of them would reach ``acquire``, and each must see the slots
+        the earlier ones took, or all of them would skip the queue's order."""
+        if not self.dispatchable_now():
+            return None
+        worker = pick_worker(self.pool.loads(), request, self.limits)
+        if worker is None:
+            return None
+        return self._grant(worker, request, self.policy.key(request), self.clock())
 
     def dispatchable_now(self) -> bool:
         """True when a request arriving now is dispatched at once whatever its size: nothing
         is queued, admission does not count predicted tokens, and a worker has a free slot.
         Its prediction then decides nothing (there is no order to choose), so the caller
-        may dispatch first and predict while the worker starts (see ``reprice``)."""
+        may dispatch first and predict while the worker starts (see ``try_acquire_now``
+        and ``reprice``)."""
         if self.draining or len(self.queue) or self.limits.max_predicted_tokens is not None:
             return False
         probe = QueuedRequest("", 0.0, 1.0)

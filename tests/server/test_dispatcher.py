@@ -1,4 +1,4 @@
-"""The dispatcher's lease accounting when a waiting request is cancelled (client gone)."""
+"""The dispatcher's lease accounting: cancelled waiters (client gone) and idle-slot leases."""
 
 from __future__ import annotations
 
@@ -51,3 +51,30 @@ async def test_cancel_while_queued_leaves_the_queue_and_the_next_request_runs():
     lease = await asyncio.wait_for(staying, 1.0)
     assert lease.request.request_id == "c"
     assert pool.workers[URL].in_flight_sequences == 1
+
+
+async def test_an_idle_slot_is_taken_at_once_and_only_while_it_is_free():
+    dispatcher, pool = _dispatcher(max_sequences=2)
+    first = dispatcher.try_acquire_now(QueuedRequest("a", 0.0, 10.0))
+    second = dispatcher.try_acquire_now(QueuedRequest("b", 0.0, 10.0))
+    assert first is not None and second is not None
+    assert pool.workers[URL].in_flight_sequences == 2 and dispatcher.in_flight == 2
+    # both slots are taken the moment they are granted: a third arrival must queue
+    assert dispatcher.try_acquire_now(QueuedRequest("c", 0.0, 10.0)) is None
+    waiting = asyncio.ensure_future(dispatcher.acquire(QueuedRequest("c", 0.0, 10.0)))
+    await asyncio.sleep(0)
+    dispatcher.release(first)  # the queued request gets the freed slot, not a newcomer
+    assert (await asyncio.wait_for(waiting, 1.0)).request.request_id == "c"
+    dispatcher.release(second)
+    # a free slot with nobody queued: taken at once again
+    assert dispatcher.try_acquire_now(QueuedRequest("d", 0.0, 10.0)) is not None
+
+
+async def test_an_idle_slot_is_not_taken_past_a_queued_request():
+    dispatcher, _ = _dispatcher(max_sequences=1)
+    first = await dispatcher.acquire(QueuedRequest("a", 0.0, 10.0))
+    waiting = asyncio.ensure_future(dispatcher.acquire(QueuedRequest("b", 1.0, 10.0)))
+    await asyncio.sleep(0)
+    assert dispatcher.try_acquire_now(QueuedRequest("c", 2.0, 1.0)) is None
+    dispatcher.release(first)
+    await asyncio.wait_for(waiting, 1.0)

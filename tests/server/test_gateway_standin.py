@@ -293,6 +293,40 @@ async def test_queued_requests_dispatch_in_policy_order(standin_factory, gateway
     assert [r["priority"] for r in received] == sorted(r["priority"] for r in received)
 
 
+async def test_a_burst_is_ordered_by_prediction_beyond_the_free_slots(standin_factory,
+                                                                      gateway_factory):
+    """All requests at once: only as many as there are free slots skip the queue (and are
+    predicted after dispatch); every other one is predicted first and leaves the queue
+    shortest-predicted first. Arrivals of a burst are all handled before any dispatch
+    task runs, so a free-slot check that did not take the slot let most of them skip."""
+    worker = standin_factory(token_delay_s=0.02)
+    gw = gateway_factory([worker.url], max_sequences_per_worker=2, policy="sjf")
+    texts = [
+        "Write a very long and detailed essay about the history of Rome, with many sections.",
+        "Say yes.",
+        "List ten fruits with a one-paragraph description of each.",
+        "What is 2+2? Answer with one number.",
+        "Explain in depth how a compiler works, covering every stage thoroughly.",
+        "Name one color.",
+        "Translate 'good morning' into French.",
+        "Write a short story about a lighthouse keeper and a storm, in five chapters.",
+        "Is the sky blue? Yes or no.",
+        "Describe the water cycle step by step for a school textbook chapter.",
+    ]
+    bodies = [chat_body(text=f"{text} LEN=10", seed=i) for i, text in enumerate(texts)]
+    async with httpx.AsyncClient(timeout=60) as client:
+        resps = await asyncio.gather(*(client.post(gw.url + CHAT, json=b) for b in bodies))
+    assert all(r.status_code == 200 for r in resps)
+    predicted = {json.dumps(b["messages"]): float(r.headers["x-lengthwise-predicted-tokens"])
+                 for b, r in zip(bodies, resps)}
+    received = [predicted[json.dumps(r["messages"])] for r in worker.state()["received"]]
+    assert len(received) == len(texts)
+    assert received[2:] == sorted(received[2:])
+    assert len(set(received)) >= 5  # the predictions really differ
+    queued = [r for r in resps if float(r.headers["x-lengthwise-queue-ms"]) > 50]
+    assert len(queued) >= len(texts) - 2 - 1  # (one may get a slot just as it frees)
+
+
 # --- disconnects ------------------------------------------------------------------------------
 
 
