@@ -2,7 +2,7 @@
 
 Starts a stand-in worker (tests/standin_worker.py, answers after ``--token-delay-s`` per
 token, no model, almost no CPU) and the real gateway app in a child process with
-timestamps at five points of each chat request: the ASGI call, the upstream POST's start,
+timestamps at six points of each chat request: the ASGI call, the upstream POST's start,
 the request on the wire (the same aiohttp hook the idle path predicts from), the worker's
 reply in hand, the response's headers handed to uvicorn, and the last body byte handed
 over. This process sends the requests sequentially (the 1-token probe of ``bench
@@ -16,11 +16,9 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -36,9 +34,8 @@ STAGES = ("asgi_call", "upstream_post", "on_the_wire", "reply_in", "headers_out"
 WARM_UP = 50
 
 
-def serve_timed(worker: str, port: int, out: Path) -> None:
-    """The gateway app with stage timestamps; writes the stage medians to ``out`` once
-    SIGTERM has stopped it."""
+def serve_timed(worker: str, port: int) -> None:
+    """The gateway app with stage timestamps; ``GET /stage-timing`` returns the medians."""
     import uvicorn
 
     from server import completions
@@ -66,7 +63,19 @@ def serve_timed(worker: str, port: int, out: Path) -> None:
     cfg = load_config(None, {"port": port, "workers": [worker], "online_learning": False})
     app = create_app(cfg, predictor=default_predictor(cfg))
 
+    def medians() -> dict:
+        kept = [r for r in rows[WARM_UP:] if all(s in r for s in STAGES)]
+        return {"requests": len(kept), "median_ms": {
+            f"{a}_to_{b}_ms": statistics.median((r[b] - r[a]) * 1000 for r in kept)
+            for a, b in itertools.pairwise(STAGES)}}
+
     async def timed_app(scope, receive, send):
+        if scope["type"] == "http" and scope["path"] == "/stage-timing":
+            body = json.dumps(medians()).encode()
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"application/json")]})
+            await send({"type": "http.response.body", "body": body})
+            return
         if scope["type"] != "http" or scope["path"] != "/v1/chat/completions":
             return await app(scope, receive, send)
         current.clear()
@@ -82,32 +91,24 @@ def serve_timed(worker: str, port: int, out: Path) -> None:
 
         await app(scope, receive, timed_send)
 
-    def report() -> None:
-        kept = [r for r in rows[WARM_UP:] if all(s in r for s in STAGES)]
-        medians = {f"{a}_to_{b}_ms": statistics.median((r[b] - r[a]) * 1000 for r in kept)
-                   for a, b in itertools.pairwise(STAGES)}
-        out.write_text(json.dumps({"requests": len(kept), "median_ms": medians}))
-
     config = uvicorn.Config(timed_app, host="127.0.0.1", port=port, log_level="warning",
                             access_log=False, lifespan="on",
                             http=protocol_class(cfg.max_header_bytes, cfg.header_timeout_s))
-    uvicorn.Server(config).run()  # until SIGTERM (uvicorn's own handler)
-    report()
+    uvicorn.Server(config).run()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=500)
     parser.add_argument("--token-delay-s", type=float, default=0.06)
-    parser.add_argument("--serve", nargs=3, metavar=("WORKER", "PORT", "OUT"),
+    parser.add_argument("--serve", nargs=2, metavar=("WORKER", "PORT"),
                         help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=reports_dir() / "gateway_stage_timing.json")
     args = parser.parse_args()
     if args.serve:
-        serve_timed(args.serve[0], int(args.serve[1]), Path(args.serve[2]))
+        serve_timed(args.serve[0], int(args.serve[1]))
         return
     worker_port, gateway_port = free_port(), free_port()
-    stages_file = Path(tempfile.mkdtemp()) / "stages.json"
     standin = subprocess.Popen(
         [sys.executable, str(REPO_ROOT / "tests" / "standin_worker.py"), "--port",
          str(worker_port), "--model", MODEL, "--token-delay-s", str(args.token_delay_s)],
@@ -117,7 +118,7 @@ def main() -> None:
     try:
         _wait(worker + "/v1/models")
         gateway = subprocess.Popen(
-            [sys.executable, __file__, "--serve", worker, str(gateway_port), str(stages_file)],
+            [sys.executable, __file__, "--serve", worker, str(gateway_port)],
             cwd=REPO_ROOT)
         url = f"http://127.0.0.1:{gateway_port}"
         _wait(url + "/health")
@@ -129,13 +130,11 @@ def main() -> None:
                 client.post(url + "/v1/chat/completions", json=body).raise_for_status()
                 if i >= WARM_UP:
                     seconds.append(time.perf_counter() - began)
-        gateway.send_signal(signal.SIGTERM)
-        gateway.wait(30)
+        stages = httpx.get(url + "/stage-timing", timeout=10).json()
     finally:
-        if gateway is not None and gateway.poll() is None:
+        if gateway is not None:
             gateway.kill()
         standin.kill()
-    stages = json.loads(stages_file.read_text())
     report = {"token_delay_s": args.token_delay_s, "request": overhead_request(MODEL),
               "client_round_trip_p50_ms": statistics.median(seconds) * 1000, **stages}
     for name, value in stages["median_ms"].items():
