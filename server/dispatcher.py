@@ -169,28 +169,20 @@ class Dispatcher:
 
     def try_acquire_now(self, request: QueuedRequest) -> Lease | None:
         """A lease at once, without queueing, if the request would be dispatched now whatever
-        its size (see ``dispatchable_now``); else ``None`` (then use ``acquire``).
+        its size: nothing is queued, admission does not count predicted tokens, and a worker
+        has a free slot. Else ``None`` (then use ``acquire``). Its prediction then decides
+        nothing (there is no order to choose), so the caller may dispatch first and predict
+        while the worker starts (see ``reprice``).
 
         The slot is taken in the same step as the check: a burst's arrivals are all
         handled before any of them would reach ``acquire``, and each must see the slots
         the earlier ones took, or all of them would skip the queue's order."""
-        if not self.dispatchable_now():
+        if self.draining or len(self.queue) or self.limits.max_predicted_tokens is not None:
             return None
         worker = pick_worker(self.pool.loads(), request, self.limits)
         if worker is None:
             return None
         return self._grant(worker, request, self.policy.key(request), self.clock())
-
-    def dispatchable_now(self) -> bool:
-        """True when a request arriving now is dispatched at once whatever its size: nothing
-        is queued, admission does not count predicted tokens, and a worker has a free slot.
-        Its prediction then decides nothing (there is no order to choose), so the caller
-        may dispatch first and predict while the worker starts (see ``try_acquire_now``
-        and ``reprice``)."""
-        if self.draining or len(self.queue) or self.limits.max_predicted_tokens is not None:
-            return False
-        probe = QueuedRequest("", 0.0, 1.0)
-        return pick_worker(self.pool.loads(), probe, self.limits) is not None
 
     def reprice(self, lease: Lease, predicted_tokens: float) -> None:
         """Replace a lease's provisional size by the real prediction in the worker's load."""

@@ -16,6 +16,21 @@ CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
 
 
+#: prompts the real predictor gives clearly different lengths, for the ordering tests
+VARIED_LENGTH_PROMPTS = [
+    "Write a very long and detailed essay about the history of Rome, with many sections.",
+    "Say yes.",
+    "List ten fruits with a one-paragraph description of each.",
+    "What is 2+2? Answer with one number.",
+    "Explain in depth how a compiler works, covering every stage thoroughly.",
+    "Name one color.",
+    "Translate 'good morning' into French.",
+    "Write a short story about a lighthouse keeper and a storm, in five chapters.",
+    "Is the sky blue? Yes or no.",
+    "Describe the water cycle step by step for a school textbook chapter.",
+]
+
+
 def chat_body(model: str = "standin", text: str = "Hello there", **extra) -> dict:
     return {"model": model, "messages": [{"role": "user", "content": text}], **extra}
 
@@ -265,14 +280,7 @@ async def test_queued_requests_dispatch_in_policy_order(standin_factory, gateway
     first; the worker sees them in that order, with non-decreasing vLLM priorities."""
     worker = standin_factory(token_delay_s=0.01)
     gw = gateway_factory([worker.url], max_sequences_per_worker=1, policy="sjf")
-    texts = [
-        "Write a very long and detailed essay about the history of Rome, with many sections.",
-        "Say yes.",
-        "List ten fruits with a one-paragraph description of each.",
-        "What is 2+2? Answer with one number.",
-        "Explain in depth how a compiler works, covering every stage thoroughly.",
-        "Name one color.",
-    ]
+    texts = VARIED_LENGTH_PROMPTS[:6]
     async with httpx.AsyncClient(timeout=60) as client:
         blocker = asyncio.ensure_future(
             client.post(gw.url + CHAT, json=chat_body(text="LEN=400")))
@@ -301,18 +309,7 @@ async def test_a_burst_is_ordered_by_prediction_beyond_the_free_slots(standin_fa
     task runs, so a free-slot check that did not take the slot let most of them skip."""
     worker = standin_factory(token_delay_s=0.02)
     gw = gateway_factory([worker.url], max_sequences_per_worker=2, policy="sjf")
-    texts = [
-        "Write a very long and detailed essay about the history of Rome, with many sections.",
-        "Say yes.",
-        "List ten fruits with a one-paragraph description of each.",
-        "What is 2+2? Answer with one number.",
-        "Explain in depth how a compiler works, covering every stage thoroughly.",
-        "Name one color.",
-        "Translate 'good morning' into French.",
-        "Write a short story about a lighthouse keeper and a storm, in five chapters.",
-        "Is the sky blue? Yes or no.",
-        "Describe the water cycle step by step for a school textbook chapter.",
-    ]
+    texts = VARIED_LENGTH_PROMPTS
     bodies = [chat_body(text=f"{text} LEN=10", seed=i) for i, text in enumerate(texts)]
     async with httpx.AsyncClient(timeout=60) as client:
         resps = await asyncio.gather(*(client.post(gw.url + CHAT, json=b) for b in bodies))
