@@ -18,12 +18,10 @@ Usage: .venv/bin/python scripts/compare_gateway_versions.py BASELINE_DIR
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
-import subprocess
-import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -31,34 +29,16 @@ from bench_proxy_floor import serve_minimal_proxy
 
 from predictor.files import write_json_report
 from predictor.locations import REPO_ROOT, cache_dir, reports_dir
-from server.live_bench import alternate_requests, overhead_request, paired_overhead_ms, percentile
+from server.live_bench import (
+    GatewayProcess,
+    alternate_requests,
+    overhead_request,
+    paired_overhead_ms,
+    percentile,
+)
 from server.worker_process import free_port
 
 QUANTILES = (0.10, 0.25, 0.50)
-
-
-def start_gateway(root: Path, worker: str, log_dir: Path, name: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = {**os.environ, "LENGTHWISE_CACHE_DIR": str(cache_dir()),
-           "LENGTHWISE_ONLINE_LEARNING": "false"}
-    with (log_dir / f"{name}.log").open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "lengthwise_cli", "serve", "--worker", worker, "--port",
-             str(port), "--log-level", "warning", "--request-log", str(log_dir / f"{name}.jsonl")],
-            cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{name} gateway exited; see {log_dir / f'{name}.log'}")
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError(f"{name} gateway did not become healthy")
 
 
 def main() -> None:
@@ -75,17 +55,16 @@ def main() -> None:
                      daemon=True).start()
     ready.wait()
     logs = Path(tempfile.mkdtemp())
-    procs = []
-    try:
+    env = {**os.environ, "LENGTHWISE_CACHE_DIR": str(cache_dir()),
+           "LENGTHWISE_ONLINE_LEARNING": "false"}
+    with contextlib.ExitStack() as gateways:
         targets = {"direct": args.worker, "proxy": f"http://127.0.0.1:{proxy_port}"}
         for name, root in (("baseline", args.baseline.resolve()), ("current", REPO_ROOT)):
-            proc, url = start_gateway(root, args.worker, logs, name)
-            procs.append(proc)
-            targets[name] = url
+            gateway = gateways.enter_context(GatewayProcess(
+                args.worker, free_port(), ["--request-log", str(logs / f"{name}.jsonl")],
+                logs / f"{name}.log", root=root, env=env))
+            targets[name] = gateway.url
         seconds = alternate_requests(targets, body, args.pairs)
-    finally:
-        for proc in procs:
-            proc.terminate()
     report: dict = {"pairs": args.pairs, "worker_url": args.worker, "request": body,
                     "baseline": str(args.baseline.resolve()), "targets": {}}
     direct = seconds["direct"]

@@ -205,20 +205,24 @@ def summarize(results: list[RequestResult]) -> ArmReport:
 
 
 class GatewayProcess:
-    """The real gateway as a child process (``python -m lengthwise_cli serve``)."""
+    """The real gateway as a child process (``python -m lengthwise_cli serve``); ``root``
+    runs another checkout's code (see scripts/compare_gateway_versions.py)."""
 
-    def __init__(self, worker_url: str, port: int, args: list[str], log_path: Path) -> None:
+    def __init__(self, worker_url: str, port: int, args: list[str], log_path: Path,
+                 root: Path = REPO_ROOT, env: dict[str, str] | None = None) -> None:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.cmd = [sys.executable, "-m", "lengthwise_cli", "serve", "--worker", worker_url,
                     "--port", str(port), "--log-level", "warning", *args]
         self.log_path = log_path
+        self.root = root
+        self.env = env
         self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> Self:
         log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(self.cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(self.cmd, cwd=self.root, env=self.env, stdout=log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
