@@ -1,0 +1,173 @@
+"""How much can shortest-predicted-first buy on the live benchmark's workload, at best?
+
+`lengthwise bench live` measures sjf against fcfs with the gateway's CASTILLO-trained
+predictor. This script asks what *any* length predictor could reach on the same prompts,
+the same sampling and the same worker, by ranking with three sources of increasing
+knowledge:
+
+- ``predictor``: the gateway's predictor, exactly as the gateway calls it;
+- ``prompt_mean``: the mean length of the *other* samples of the same prompt (leave one
+  out). No predictor that sees only the request can rank better on average, because the
+  answer's length also depends on the sampled tokens;
+- ``oracle``: the true length of the very answer being ranked (unreachable).
+
+It samples ``--samples`` answers per bench prompt from the worker (sample 0 uses the
+bench's own per-request seed), then replays bursts through the calibrated simulator
+(the same scheduling code as the gateway) under fcfs and sjf-aged with each source:
+
+- the bench's burst (one answer per prompt) at several gateway admission limits;
+- a larger burst where every sample is a request (``--samples`` times the prompts).
+
+Usage (a worker from scripts/bench_worker.py on port 8400):
+  .venv/bin/python scripts/sjf_ceiling.py --worker http://127.0.0.1:8400 --max-tokens 256 \
+      --samples 6 --out reports/sjf_ceiling_256.json
+Rerun the analysis only, from the committed samples:
+  .venv/bin/python scripts/sjf_ceiling.py --from-samples reports/sjf_ceiling_256.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import aiohttp
+
+from predictor.files import write_json_report
+from server.live_bench import Workload, load_prompts, request_bodies
+from simulator.calibrate import load_request_overhead
+from simulator.ceiling import PromptSamples, ordering_ceiling
+from simulator.fidelity import ClientArrivals, LiveSetup
+from simulator.latency import load_cost_model
+
+MODEL = "SmolLM2-135M-Instruct"
+#: keeps sample k's seeds clear of every other sample's (and of the bench's, k = 0)
+SEED_STRIDE = 100_003
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+async def _sample_one(session: aiohttp.ClientSession, url: str, body: dict,
+                      gate: asyncio.Semaphore) -> tuple[int, int, str]:
+    async with gate, session.post(url, json=body) as resp:
+        data = await resp.json()
+        if resp.status != 200:
+            raise RuntimeError(f"worker answered {resp.status}: {data}")
+        usage = data["usage"]
+        return (int(usage["prompt_tokens"]), int(usage["completion_tokens"]),
+                str(data["choices"][0]["finish_reason"]))
+
+
+async def sample_lengths(worker: str, bodies: list[dict], samples: int,
+                         concurrency: int) -> list[dict]:
+    """``samples`` answers per body; sample 0 keeps the bench's seed."""
+    url = worker.rstrip("/") + "/v1/chat/completions"
+    gate = asyncio.Semaphore(concurrency)
+    timeout = aiohttp.ClientTimeout(total=3600)
+    rows = [{"prompt_index": i, "prompt_tokens": None, "lengths": [], "finish": []}
+            for i in range(len(bodies))]
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        for k in range(samples):
+            started = time.monotonic()
+            jobs = []
+            for body in bodies:
+                b = {**body, "stream": False, "seed": body["seed"] + k * SEED_STRIDE}
+                b.pop("stream_options", None)
+                jobs.append(_sample_one(session, url, b, gate))
+            for row, (prompt_tokens, length, finish) in zip(rows, await asyncio.gather(*jobs)):
+                row["prompt_tokens"] = prompt_tokens
+                row["lengths"].append(length)
+                row["finish"].append(finish)
+            print(f"sample {k + 1}/{samples}: {time.monotonic() - started:.0f} s", flush=True)
+    return rows
+
+
+def predictor_means(bodies: list[dict], max_tokens: int) -> list[float]:
+    """The gateway's ranking value for each body (its default point estimate, the mean)."""
+    from server.predictor_loader import load_length_predictor
+
+    predictor = load_length_predictor()
+    keys = ("temperature", "top_p", "seed")
+    return [predictor.predict(b["messages"], b["model"], max_tokens,
+                              {k: b[k] for k in keys if k in b}).mean for b in bodies]
+
+
+# --------------------------------------------------------------------------- analysis
+
+
+def analyse(samples: dict, cost_model: Path, admissions: list[int]) -> dict:
+    latency = load_cost_model(cost_model, None)
+    setup = LiveSetup.bench_defaults(client_arrivals=ClientArrivals.BURST)
+    overhead = load_request_overhead(cost_model)
+    if overhead is not None:
+        setup = replace(setup, overhead=overhead)
+    prompts = [PromptSamples(row["prompt_tokens"], tuple(row["lengths"]), pred)
+               for row, pred in zip(samples["prompts"], samples["predictor_mean"])]
+    settings = samples["settings"]
+    report = ordering_ceiling(prompts, settings["max_tokens"], setup, latency, admissions,
+                              shuffle_seed=settings["bench_seed"])
+    return {"settings": {**settings, "cost_model": str(cost_model),
+                         "engine_max_num_seqs": setup.engine.max_num_seqs}, **report}
+
+
+def _print(report: dict) -> None:
+    lengths = report["lengths"]
+    print(f"{lengths['answers']} answers, mean {lengths['mean']:.0f} tokens, "
+          f"cap hit {lengths['cap_hit_rate']:.0%}, variance between prompts "
+          f"{lengths['share_of_variance_between_prompts']:.0%}")
+    for key in ("bench_burst", "every_answer_burst"):
+        part = report[key]
+        taus = ", ".join(f"{k} {v:.2f}" for k, v in part["kendall_tau_vs_answer"].items())
+        print(f"{key}: {part['requests']} requests; tau vs the answer: {taus}")
+        for row in part["rows"]:
+            ratios = "  ".join(f"{k} {v:.3f}" for k, v in row["e2e_mean_over_fcfs"].items())
+            print(f"  admission {row['admission_max_sequences']}: mean E2E / fcfs: {ratios}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--worker", default="http://127.0.0.1:8400")
+    ap.add_argument("--requests", type=int, default=96)
+    ap.add_argument("--max-tokens", type=int, default=256)
+    ap.add_argument("--samples", type=int, default=6)
+    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--admissions", default="16,8,4")
+    ap.add_argument("--cost-model", type=Path, default=Path("reports/sim_calibration_cpu.json"))
+    ap.add_argument("--from-samples", type=Path,
+                    help="reuse the samples of an earlier report instead of the worker")
+    ap.add_argument("--out", type=Path, default=Path("reports/sjf_ceiling.json"))
+    args = ap.parse_args()
+    if args.samples < 2:
+        ap.error("--samples must be at least 2 (the prompt mean leaves one out)")
+    admissions = [int(x) for x in args.admissions.split(",") if x.strip()]
+
+    if args.from_samples:
+        samples = json.loads(args.from_samples.read_text())["samples"]
+        out = args.out if args.out != ap.get_default("out") else args.from_samples
+    else:
+        w = Workload(num_requests=args.requests, arrivals="burst", max_tokens=args.max_tokens)
+        bodies = request_bodies(w, MODEL, load_prompts(w.num_requests, w.seed))
+        preds = predictor_means(bodies, w.max_tokens)
+        rows = asyncio.run(sample_lengths(args.worker, bodies, args.samples, args.concurrency))
+        samples = {
+            "settings": {"model": MODEL, "requests": w.num_requests, "max_tokens": w.max_tokens,
+                         "temperature": w.temperature, "top_p": w.top_p, "bench_seed": w.seed,
+                         "samples_per_prompt": args.samples, "seed_stride": SEED_STRIDE,
+                         "worker": args.worker},
+            "predictor_mean": preds,
+            "prompts": rows,
+        }
+        out = args.out
+    report = analyse(samples, args.cost_model, admissions)
+    report["samples"] = samples
+    write_json_report(out, report)
+    _print(report)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""How much shortest-predicted-first can buy on a workload, for predictors of rising knowledge.
+
+Given several sampled answers per prompt (``PromptSamples``), each answer becomes one
+request of a burst, ranked three ways:
+
+- ``predictor``: the value the gateway's predictor gave the prompt;
+- ``prompt_mean``: the mean length of the prompt's *other* answers (leave one out). A
+  predictor sees only the request, and the same request can be answered at many lengths,
+  so on average none ranks better than the prompt's true mean length; this estimates it;
+- ``oracle``: the length of the very answer (not reachable by any predictor).
+
+Each ranking is replayed through the simulator (the gateway's policy module and the
+calibrated engine model) under ``sjf-aged``, beside ``fcfs``; mean E2E is reported
+relative to ``fcfs`` at the same gateway admission limit.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from scipy.stats import kendalltau
+
+from server.policy import PolicyName
+
+from .fidelity import LiveSetup, sim_config
+from .latency import StepLatencyModel
+from .simulation import run_simulation
+from .trace import SimRequest
+
+RANKINGS = ("predictor", "prompt_mean", "oracle")
+_BURST_SPACING_S = 1e-6
+
+
+@dataclass(frozen=True)
+class PromptSamples:
+    """Several sampled answer lengths for one prompt, and the predictor's value for it."""
+
+    prompt_tokens: int
+    lengths: tuple[int, ...]
+    predicted: float
+
+
+@dataclass(frozen=True)
+class RankedRequest:
+    prompt_tokens: int
+    length: int
+    #: ranking source -> the value the scheduler ranks by
+    ranking: dict[str, float]
+
+
+def burst_requests(prompts: Sequence[PromptSamples], answers: Sequence[int]) -> list[RankedRequest]:
+    """One request per prompt and answer index in ``answers``, with each ranking's value."""
+    out = []
+    for p in prompts:
+        if len(p.lengths) < 2:
+            raise ValueError("every prompt needs at least two answers (the mean leaves one out)")
+        for k in answers:
+            others = p.lengths[:k] + p.lengths[k + 1:]
+            out.append(RankedRequest(p.prompt_tokens, p.lengths[k], {
+                "predictor": p.predicted,
+                "prompt_mean": statistics.fmean(others),
+                "oracle": float(p.lengths[k]),
+            }))
+    return out
+
+
+def kendall_tau_vs_answer(requests: Sequence[RankedRequest]) -> dict[str, float]:
+    """How well each request-only ranking orders the answers actually drawn."""
+    actual = [r.length for r in requests]
+    return {src: float(kendalltau([r.ranking[src] for r in requests], actual).statistic)
+            for src in ("predictor", "prompt_mean")}
+
+
+def share_of_variance_between_prompts(prompts: Sequence[PromptSamples]) -> float:
+    """How much of the answers' length variance is explained by which prompt was asked."""
+    total = statistics.pvariance([x for p in prompts for x in p.lengths])
+    within = statistics.fmean(statistics.pvariance(p.lengths) for p in prompts)
+    return 1.0 - within / total if total else 0.0
+
+
+def replay_burst(
+    requests: Sequence[RankedRequest],
+    setup: LiveSetup,
+    latency: StepLatencyModel,
+    admissions: Sequence[int | None],
+) -> list[dict]:
+    """Mean E2E and makespan of one burst under fcfs and sjf-aged with each ranking."""
+    sim_requests = [
+        SimRequest(request_id=f"r{i}", arrival_time=i * _BURST_SPACING_S,
+                   prompt_tokens=r.prompt_tokens, output_tokens=max(1, r.length))
+        for i, r in enumerate(requests)
+    ]
+    arms = {"fcfs": (PolicyName.FCFS, [0.0] * len(requests))}
+    for src in RANKINGS:
+        arms[f"sjf_{src}"] = (PolicyName.SJF_AGED, [r.ranking[src] for r in requests])
+    rows = []
+    for admission in admissions:
+        adm_setup = replace(setup, admission_max_sequences=admission)
+        means, makespans = {}, {}
+        for name, (policy, ranking) in arms.items():
+            result = run_simulation(sim_requests, ranking, sim_config(adm_setup, policy), latency)
+            done = [r for r in result.records if not r.dropped and r.completion_time is not None]
+            if len(done) != len(sim_requests):
+                raise RuntimeError(f"{name}: {len(sim_requests) - len(done)} requests dropped "
+                                   "(longer than the engine's max_model_len?)")
+            means[name] = statistics.fmean(r.completion_time - r.request.arrival_time
+                                           for r in done)
+            makespans[name] = max(r.completion_time for r in done)
+        rows.append({
+            "admission_max_sequences": admission,
+            "e2e_mean_s": means,
+            "makespan_s": makespans,
+            "e2e_mean_over_fcfs": {k: v / means["fcfs"] for k, v in means.items()},
+        })
+    return rows
+
+
+def ordering_ceiling(
+    prompts: Sequence[PromptSamples],
+    max_tokens: int,
+    setup: LiveSetup,
+    latency: StepLatencyModel,
+    admissions: Sequence[int | None],
+    shuffle_seed: int,
+) -> dict:
+    """The report: the bench's own burst (answer 0 of each prompt) at every admission
+    limit, and one larger burst of every answer (shuffled) at the first limit."""
+    if not prompts:
+        raise ValueError("no prompts")
+    lengths = [x for p in prompts for x in p.lengths]
+    bench_burst = burst_requests(prompts, [0])
+    every_answer = burst_requests(prompts, range(len(prompts[0].lengths)))
+    random.Random(shuffle_seed).shuffle(every_answer)
+    return {
+        "lengths": {
+            "answers": len(lengths),
+            "mean": statistics.fmean(lengths),
+            "cap_hit_rate": sum(x >= max_tokens for x in lengths) / len(lengths),
+            "share_of_variance_between_prompts": share_of_variance_between_prompts(prompts),
+        },
+        "bench_burst": {
+            "requests": len(bench_burst),
+            "kendall_tau_vs_answer": kendall_tau_vs_answer(bench_burst),
+            "rows": replay_burst(bench_burst, setup, latency, admissions),
+        },
+        "every_answer_burst": {
+            "requests": len(every_answer),
+            "kendall_tau_vs_answer": kendall_tau_vs_answer(every_answer),
+            "rows": replay_burst(every_answer, setup, latency, list(admissions)[:1]),
+        },
+    }
