@@ -7,14 +7,23 @@ gateway (``lengthwise serve --worker``, default settings). The paired difference
 the direct request say what any Python hop costs here beside a vLLM CPU worker, and what
 the gateway adds on top of that. Prints the figures and writes reports/proxy_floor.json.
 
-Usage: .venv/bin/python scripts/bench_proxy_floor.py [WORKER_URL] [PAIRS]
+Usage: .venv/bin/python scripts/bench_proxy_floor.py [WORKER_URL] [PAIRS] [--out PATH]
   (start a worker first, e.g. .venv/bin/python scripts/bench_worker.py 8400)
+
+On a small machine the hops share cores with the CPU worker. To measure them as they run
+in production, on cores of their own, pin the worker and this script apart, e.g.:
+  VLLM_CPU_OMP_THREADS_BIND=0 taskset -c 0 .venv/bin/python scripts/bench_worker.py 8401 &
+  taskset -c 1 .venv/bin/python scripts/bench_proxy_floor.py http://127.0.0.1:8401 300 \
+      --out reports/proxy_floor_pinned.json
+(the proxy runs in this process and the gateway is its child, so both inherit the pinning;
+the report records the CPUs they were allowed).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
-import sys
+import os
 import tempfile
 import threading
 from pathlib import Path
@@ -62,8 +71,12 @@ def serve_minimal_proxy(worker: str, port: int, ready: threading.Event) -> None:
 
 
 def main() -> None:
-    worker = sys.argv[1] if len(sys.argv) > 1 else "http://127.0.0.1:8400"
-    pairs = int(sys.argv[2]) if len(sys.argv) > 2 else 200
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("worker", nargs="?", default="http://127.0.0.1:8400")
+    parser.add_argument("pairs", nargs="?", type=int, default=200)
+    parser.add_argument("--out", type=Path, default=reports_dir() / "proxy_floor.json")
+    args = parser.parse_args()
+    worker, pairs = args.worker, args.pairs
     model = httpx.get(worker + "/v1/models").json()["data"][0]["id"]
     body = overhead_request(model)
     proxy_port, ready = free_port(), threading.Event()
@@ -77,6 +90,7 @@ def main() -> None:
             {"direct": worker, "proxy": f"http://127.0.0.1:{proxy_port}", "gateway": gw.url},
             body, pairs)
     report = {"pairs": pairs, "worker_url": worker, "request": body,
+              "client_and_hop_cpus": sorted(os.sched_getaffinity(0)),
               "direct_p50_ms": percentile(seconds["direct"], 0.5) * 1000}
     for name in ("proxy", "gateway"):
         p50, p90 = paired_overhead_ms(seconds[name], seconds["direct"])
@@ -84,7 +98,7 @@ def main() -> None:
         report[f"{name}_paired_overhead_p90_ms"] = p90
         print(f"{name:8s} paired overhead p50 {p50:.2f} ms, p90 {p90:.1f} ms")
     print(f"direct p50 {report['direct_p50_ms']:.1f} ms")
-    print("wrote", write_json_report(reports_dir() / "proxy_floor.json", report))
+    print("wrote", write_json_report(args.out, report))
 
 
 if __name__ == "__main__":

@@ -23,6 +23,11 @@ Usage (a worker from scripts/bench_worker.py on port 8400):
       --samples 6 --out reports/sjf_ceiling_256.json
 Rerun the analysis only, from the committed samples:
   .venv/bin/python scripts/sjf_ceiling.py --from-samples reports/sjf_ceiling_256.json
+The same question for the deployment the gateway is built for (no worker needed): CASTILLO's
+ten recorded answers per held-out prompt of Llama-3.1-8B, on the simulated RTX PRO 6000
+engine of `lengthwise simulate study`:
+  .venv/bin/python scripts/sjf_ceiling.py --castillo Llama-3.1-8B --admissions 32,16,8 \
+      --out reports/sjf_ceiling_castillo_llama31_8b.json
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -44,6 +50,7 @@ from simulator.fidelity import ClientArrivals, LiveSetup
 from simulator.latency import load_cost_model
 
 MODEL = "SmolLM2-135M-Instruct"
+GPU_TABLES = "costmodels/llmservingsim_rtxpro6000_llama31_8b"
 #: keeps sample k's seeds clear of every other sample's (and of the bench's, k = 0)
 SEED_STRIDE = 100_003
 
@@ -99,12 +106,48 @@ def predictor_means(bodies: list[dict], max_tokens: int) -> list[float]:
 # --------------------------------------------------------------------------- analysis
 
 
+def castillo_samples(model: str, requests: int, seed: int) -> dict:
+    """CASTILLO's own answers instead of the worker's: ``requests`` held-out prompts of
+    ``model`` (ten answers each), ranked by the gateway's predictor."""
+    from server.predictor_loader import load_length_predictor
+    from simulator.workload import load_castillo_rows
+
+    rows = load_castillo_rows(None, model=model, heldout_only=True)
+    rows = random.Random(seed).sample(rows, min(requests, len(rows)))
+    preds = load_length_predictor().predict_batch([r.prompt_text for r in rows],
+                                                  [r.model for r in rows])
+    return {
+        "settings": {"source": "CASTILLO held-out prompts (degenerate rows removed)",
+                     "model": model, "requests": len(rows), "max_tokens": None,
+                     "bench_seed": seed, "samples_per_prompt": len(rows[0].output_sizes)},
+        "predictor_mean": [p.mean for p in preds],
+        "prompts": [{"prompt_id": r.prompt_id, "prompt_tokens": r.input_size,
+                     "lengths": list(r.output_sizes)} for r in rows],
+    }
+
+
+def _castillo_setup() -> tuple[LiveSetup, object, str]:
+    """The GPU deployment of `lengthwise simulate study`: RTX PRO 6000 tables, Llama-3.1-8B."""
+    from predictor.locations import shared_dir
+    from server.policy import EngineQueueMode
+    from simulator.replica import EngineConfig
+
+    tables = shared_dir() / GPU_TABLES
+    engine = EngineConfig(256, 2048, 520_000, 16, EngineQueueMode.PRIORITY)
+    setup = LiveSetup(engine=engine, max_model_len=32_768, admission_max_sequences=None,
+                      aging_s_per_token=0.05, client_arrivals=ClientArrivals.BURST)
+    return setup, load_cost_model(tables, 32), str(tables)
+
+
 def analyse(samples: dict, cost_model: Path, admissions: list[int]) -> dict:
-    latency = load_cost_model(cost_model, None)
-    setup = LiveSetup.bench_defaults(client_arrivals=ClientArrivals.BURST)
-    overhead = load_request_overhead(cost_model)
-    if overhead is not None:
-        setup = replace(setup, overhead=overhead)
+    if samples["settings"].get("source", "").startswith("CASTILLO"):
+        setup, latency, cost_model = _castillo_setup()
+    else:
+        latency = load_cost_model(cost_model, None)
+        setup = LiveSetup.bench_defaults(client_arrivals=ClientArrivals.BURST)
+        overhead = load_request_overhead(cost_model)
+        if overhead is not None:
+            setup = replace(setup, overhead=overhead)
     prompts = [PromptSamples(row["prompt_tokens"], tuple(row["lengths"]), pred)
                for row, pred in zip(samples["prompts"], samples["predictor_mean"])]
     settings = samples["settings"]
@@ -116,8 +159,9 @@ def analyse(samples: dict, cost_model: Path, admissions: list[int]) -> dict:
 
 def _print(report: dict) -> None:
     lengths = report["lengths"]
-    print(f"{lengths['answers']} answers, mean {lengths['mean']:.0f} tokens, "
-          f"cap hit {lengths['cap_hit_rate']:.0%}, variance between prompts "
+    cap_hit = "" if lengths["cap_hit_rate"] is None else f"cap hit {lengths['cap_hit_rate']:.0%}, "
+    print(f"{lengths['answers']} answers, mean {lengths['mean']:.0f} tokens, {cap_hit}"
+          f"variance between prompts "
           f"{lengths['share_of_variance_between_prompts']:.0%}")
     for key in ("bench_burst", "every_answer_burst"):
         part = report[key]
@@ -137,6 +181,9 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--admissions", default="16,8,4")
     ap.add_argument("--cost-model", type=Path, default=Path("reports/sim_calibration_cpu.json"))
+    ap.add_argument("--castillo", metavar="MODEL",
+                    help="rank CASTILLO's held-out answers of MODEL (e.g. Llama-3.1-8B) on "
+                         "the simulated GPU deployment instead of sampling the worker")
     ap.add_argument("--from-samples", type=Path,
                     help="reuse the samples of an earlier report instead of the worker")
     ap.add_argument("--out", type=Path, default=Path("reports/sjf_ceiling.json"))
@@ -145,7 +192,10 @@ def main() -> None:
         ap.error("--samples must be at least 2 (the prompt mean leaves one out)")
     admissions = [int(x) for x in args.admissions.split(",") if x.strip()]
 
-    if args.from_samples:
+    if args.castillo:
+        samples = castillo_samples(args.castillo, args.requests, seed=Workload().seed)
+        out = args.out
+    elif args.from_samples:
         samples = json.loads(args.from_samples.read_text())["samples"]
         out = args.out if args.out != ap.get_default("out") else args.from_samples
     else:

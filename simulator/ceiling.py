@@ -120,7 +120,7 @@ def replay_burst(
 
 def ordering_ceiling(
     prompts: Sequence[PromptSamples],
-    max_tokens: int,
+    max_tokens: int | None,
     setup: LiveSetup,
     latency: StepLatencyModel,
     admissions: Sequence[int | None],
@@ -138,7 +138,8 @@ def ordering_ceiling(
         "lengths": {
             "answers": len(lengths),
             "mean": statistics.fmean(lengths),
-            "cap_hit_rate": sum(x >= max_tokens for x in lengths) / len(lengths),
+            "cap_hit_rate": (None if max_tokens is None
+                             else sum(x >= max_tokens for x in lengths) / len(lengths)),
             "share_of_variance_between_prompts": share_of_variance_between_prompts(prompts),
         },
         "bench_burst": {
