@@ -170,6 +170,14 @@ def _print(report: dict) -> None:
         for row in part["rows"]:
             ratios = "  ".join(f"{k} {v:.3f}" for k, v in row["e2e_mean_over_fcfs"].items())
             print(f"  admission {row['admission_max_sequences']}: mean E2E / fcfs: {ratios}")
+    sets = report["bench_burst_by_answer_set"]
+    print(f"bench burst over {sets['answer_sets']} answer sets, admission "
+          f"{sets['admission_max_sequences']}: mean E2E / fcfs, mean [min, max]:")
+    for name, v in sets["e2e_mean_over_fcfs"].items():
+        print(f"  {name:16s} {v['mean']:.3f} [{v['min']:.3f}, {v['max']:.3f}]")
+    for row in sets["prompt_mean_by_answers_known"]:
+        print(f"  prompt mean of {row['answers_known']} other answers: "
+              f"{row['sjf_prompt_mean_over_fcfs']:.3f} (tau {row['kendall_tau']:.2f})")
 
 
 def main() -> None:

@@ -51,14 +51,24 @@ class RankedRequest:
     ranking: dict[str, float]
 
 
-def burst_requests(prompts: Sequence[PromptSamples], answers: Sequence[int]) -> list[RankedRequest]:
-    """One request per prompt and answer index in ``answers``, with each ranking's value."""
+def burst_requests(
+    prompts: Sequence[PromptSamples], answers: Sequence[int], known: int | None = None
+) -> list[RankedRequest]:
+    """One request per prompt and answer index in ``answers``, with each ranking's value.
+
+    ``prompt_mean`` averages ``known`` of the prompt's other answers (default: all), taken
+    cyclically after the ranked one, so fewer known answers show how the estimate converges.
+    """
     out = []
     for p in prompts:
-        if len(p.lengths) < 2:
+        count = len(p.lengths)
+        if count < 2:
             raise ValueError("every prompt needs at least two answers (the mean leaves one out)")
+        m = count - 1 if known is None else known
+        if not 1 <= m < count:
+            raise ValueError(f"known must be between 1 and {count - 1}")
         for k in answers:
-            others = p.lengths[:k] + p.lengths[k + 1:]
+            others = [p.lengths[(k + j) % count] for j in range(1, m + 1)]
             out.append(RankedRequest(p.prompt_tokens, p.lengths[k], {
                 "predictor": p.predicted,
                 "prompt_mean": statistics.fmean(others),
@@ -118,6 +128,42 @@ def replay_burst(
     return rows
 
 
+def _ratio_summary(ratios: Sequence[dict[str, float]]) -> dict[str, dict[str, float]]:
+    return {name: {"mean": statistics.fmean(r[name] for r in ratios),
+                   "min": min(r[name] for r in ratios), "max": max(r[name] for r in ratios)}
+            for name in ratios[0]}
+
+
+def by_answer_set(
+    prompts: Sequence[PromptSamples],
+    setup: LiveSetup,
+    latency: StepLatencyModel,
+    admission: int | None,
+) -> dict:
+    """The bench's burst once per answer set (answer k of every prompt): how much one
+    96-request burst's result moves with the answers drawn alone, and how the prompt-mean
+    ranking improves as more of the prompt's other answers are known."""
+    count = len(prompts[0].lengths)
+    per_set = [replay_burst(burst_requests(prompts, [k]), setup, latency, [admission])[0]
+               for k in range(count)]
+    converging = []
+    for m in range(1, count):
+        ratios, taus = [], []
+        for k in range(count):
+            burst = burst_requests(prompts, [k], known=m)
+            row = replay_burst(burst, setup, latency, [admission])[0]
+            ratios.append(row["e2e_mean_over_fcfs"]["sjf_prompt_mean"])
+            taus.append(kendall_tau_vs_answer(burst)["prompt_mean"])
+        converging.append({"answers_known": m, "sjf_prompt_mean_over_fcfs": statistics.fmean(ratios),
+                           "kendall_tau": statistics.fmean(taus)})
+    return {
+        "admission_max_sequences": admission,
+        "answer_sets": count,
+        "e2e_mean_over_fcfs": _ratio_summary([row["e2e_mean_over_fcfs"] for row in per_set]),
+        "prompt_mean_by_answers_known": converging,
+    }
+
+
 def ordering_ceiling(
     prompts: Sequence[PromptSamples],
     max_tokens: int | None,
@@ -127,7 +173,8 @@ def ordering_ceiling(
     shuffle_seed: int,
 ) -> dict:
     """The report: the bench's own burst (answer 0 of each prompt) at every admission
-    limit, and one larger burst of every answer (shuffled) at the first limit."""
+    limit; one larger burst of every answer (shuffled) at the first limit; and, at the
+    first limit, the bench's burst over every answer set (see ``by_answer_set``)."""
     if not prompts:
         raise ValueError("no prompts")
     lengths = [x for p in prompts for x in p.lengths]
@@ -152,4 +199,5 @@ def ordering_ceiling(
             "kendall_tau_vs_answer": kendall_tau_vs_answer(every_answer),
             "rows": replay_burst(every_answer, setup, latency, list(admissions)[:1]),
         },
+        "bench_burst_by_answer_set": by_answer_set(prompts, setup, latency, admissions[0]),
     }
