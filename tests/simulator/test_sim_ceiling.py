@@ -90,3 +90,26 @@ def test_a_ranking_that_puts_long_answers_first_does_worse_than_arrival_order():
 def test_the_share_of_variance_is_zero_when_every_prompt_answers_the_same_spread():
     prompts = [PromptSamples(10, (10, 50, 90), 1.0), PromptSamples(10, (90, 10, 50), 1.0)]
     assert share_of_variance_between_prompts(prompts) == pytest.approx(0.0)
+
+
+def test_fewer_known_answers_take_the_next_ones_round_the_prompt():
+    prompt = PromptSamples(10, (10, 20, 60), 5.0)
+    [first, last] = burst_requests([prompt], [0, 2], known=1)
+    assert first.ranking["prompt_mean"] == 20.0
+    assert last.ranking["prompt_mean"] == 10.0
+    with pytest.raises(ValueError, match="between 1 and 2"):
+        burst_requests([prompt], [0], known=3)
+
+
+def test_every_answer_set_is_replayed_and_the_prompt_mean_converges():
+    prompts = _prompts(30, answers=4, spread=0, predicted=lambda mean: 100.0)
+    sets = ordering_ceiling(prompts, 256, _setup(admission=2), STEP_MODEL, [2],
+                            shuffle_seed=1)["bench_burst_by_answer_set"]
+    assert sets["answer_sets"] == 4
+    # Answers that never vary make one known answer as good as all of them.
+    known = sets["prompt_mean_by_answers_known"]
+    assert [row["answers_known"] for row in known] == [1, 2, 3]
+    assert known[0]["sjf_prompt_mean_over_fcfs"] == pytest.approx(
+        sets["e2e_mean_over_fcfs"]["sjf_oracle"]["mean"])
+    # A constant prediction leaves the queue in arrival order.
+    assert sets["e2e_mean_over_fcfs"]["sjf_predictor"]["max"] == pytest.approx(1.0)
