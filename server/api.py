@@ -112,7 +112,9 @@ def _parse(model: type[BaseModel], data: dict[str, Any]) -> Any:
         raise bad_request("the request body is nested too deeply") from None
 
 
-async def _completion(request: Request, endpoint: str, model: type[BaseModel]) -> Response:
+async def handle_completion(request: Request, endpoint: str, model: type[BaseModel]) -> Response:
+    """One completion request, from HTTP request to response (also called by
+    ``server.fast_lane`` without FastAPI in between)."""
     gw = request.app.state.gateway
     key = gw.auth.check(request.headers.get("authorization"))
     limiter = request.app.state.rate_limiter
@@ -128,13 +130,13 @@ async def _completion(request: Request, endpoint: str, model: type[BaseModel]) -
 @router.post("/v1/chat/completions", openapi_extra=_body_schema(ChatCompletionRequest),
              responses=_ERROR_RESPONSES)
 async def chat_completions(request: Request) -> Response:
-    return await _completion(request, "chat", ChatCompletionRequest)
+    return await handle_completion(request, "chat", ChatCompletionRequest)
 
 
 @router.post("/v1/completions", openapi_extra=_body_schema(CompletionRequest),
              responses=_ERROR_RESPONSES)
 async def completions(request: Request) -> Response:
-    return await _completion(request, "completions", CompletionRequest)
+    return await handle_completion(request, "completions", CompletionRequest)
 
 
 @router.get("/v1/models", responses=_ERROR_RESPONSES)

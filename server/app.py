@@ -32,6 +32,7 @@ from server.config import GatewayConfig
 from server.dispatcher import Dispatcher
 from server.engine_stats import EngineStats, EngineStatsPoller
 from server.errors import install_error_handlers
+from server.fast_lane import CompletionFastLane
 from server.metrics import GatewayMetrics
 from server.online_learning import wrap_for_online_learning
 from server.policy import make_policy
@@ -154,6 +155,8 @@ def create_app(
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    # Added first, so it runs inside the key guard (the outer of the two).
+    app.add_middleware(CompletionFastLane)
     app.add_middleware(ApiKeyGuard, auth=ApiKeyAuth(cfg.api_keys),
                        open_paths=open_paths(cfg.metrics_require_auth))
     app.include_router(router)

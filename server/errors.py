@@ -116,9 +116,13 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> Response:
-        # Never a 500: log the bug, tell the client to retry.
-        log.exception("unexpected error while handling a request")
-        return GatewayError(
-            503, f"internal gateway error: {type(exc).__name__}", code="internal_error",
-            headers={"Retry-After": "1"},
-        ).response()
+        return unexpected_error(exc)
+
+
+def unexpected_error(exc: Exception) -> Response:
+    """Never a 500: log the bug, tell the client to retry."""
+    log.exception("unexpected error while handling a request", exc_info=exc)
+    return GatewayError(
+        503, f"internal gateway error: {type(exc).__name__}", code="internal_error",
+        headers={"Retry-After": "1"},
+    ).response()
