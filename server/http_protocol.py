@@ -14,6 +14,12 @@ Three things happen there that the gateway must control:
 
 (With h11 instead of httptools, uvicorn bounds the header size itself; the error
 body and the header deadline are added the same way.)
+
+One more change is about speed: uvicorn writes a response's status line and headers, then
+its body, as two sends. A client on the same host wakes up for the headers, parses them and
+sleeps again before the body follows; that costs about half a millisecond per response on
+a small machine. ``CorkedTransport`` sends what one step of the event loop writes as one
+send instead (see the README's overhead section for the measurement).
 """
 
 from __future__ import annotations
@@ -31,6 +37,42 @@ def _response(msg: str) -> bytes:
     return (b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
             b"content-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n"
             + body)
+
+
+class CorkedTransport:
+    """A transport whose writes made in one step of the event loop leave in one send.
+
+    Everything else is the wrapped transport's. Closing sends what is buffered first, so
+    nothing written is lost; a write after the connection is gone is dropped, as the
+    transport itself would drop it.
+    """
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if not data:
+            return
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        self._pending.append(bytes(data))
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        data = b"".join(self._pending)
+        self._pending.clear()
+        if not self._transport.is_closing():
+            self._transport.write(data)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 class _HeaderGuard:
@@ -87,6 +129,8 @@ def protocol_class(max_header_bytes: int, header_timeout_s: float) -> type:
     class GuardedProtocol(_HeaderGuard, Base):  # type: ignore[misc, valid-type]
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
+            # Flow control (set up above) stays on the real transport.
+            self.transport = CorkedTransport(transport, self.loop)
             self._guard_start()
 
         def connection_lost(self, exc: Exception | None) -> None:

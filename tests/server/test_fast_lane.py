@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from harness import MODEL, InProcessGateway, StandinWorker, assert_openai_error, chat_body, free_port
+from harness import (
+    MODEL,
+    InProcessGateway,
+    StandinWorker,
+    assert_openai_error,
+    chat_body,
+    free_port,
+)
 
 from server.config import GatewayConfig
 
