@@ -7,8 +7,9 @@ knowledge:
 
 - ``predictor``: the gateway's predictor, exactly as the gateway calls it;
 - ``prompt_mean``: the mean length of the *other* samples of the same prompt (leave one
-  out). No predictor that sees only the request can rank better on average, because the
-  answer's length also depends on the sampled tokens;
+  out), which estimates ranking by the prompt's true mean: shortest expected processing
+  time first, the best a request-only ranking can do in expectation on one server (near it
+  on several slots), because the answer's length also depends on the sampled tokens;
 - ``oracle``: the true length of the very answer being ranked (unreachable).
 
 It samples ``--samples`` answers per bench prompt from the worker (sample 0 uses the

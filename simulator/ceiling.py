@@ -5,8 +5,10 @@ request of a burst, ranked three ways:
 
 - ``predictor``: the value the gateway's predictor gave the prompt;
 - ``prompt_mean``: the mean length of the prompt's *other* answers (leave one out). A
-  predictor sees only the request, and the same request can be answered at many lengths,
-  so on average none ranks better than the prompt's true mean length; this estimates it;
+  predictor sees only the request, and the same request can be answered at many lengths.
+  Ranking by the true mean is shortest-expected-processing-time first, the best ranking
+  from the request alone in expectation on one server (near it on several slots); this
+  estimates it;
 - ``oracle``: the length of the very answer (not reachable by any predictor).
 
 Each ranking is replayed through the simulator (the gateway's policy module and the
