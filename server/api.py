@@ -127,16 +127,23 @@ async def handle_completion(request: Request, endpoint: str, model: type[BaseMod
     return response
 
 
+#: path -> (endpoint name, body model): the routes below and ``server.fast_lane``
+COMPLETION_ROUTES: dict[str, tuple[str, type[BaseModel]]] = {
+    "/v1/chat/completions": ("chat", ChatCompletionRequest),
+    "/v1/completions": ("completions", CompletionRequest),
+}
+
+
 @router.post("/v1/chat/completions", openapi_extra=_body_schema(ChatCompletionRequest),
              responses=_ERROR_RESPONSES)
 async def chat_completions(request: Request) -> Response:
-    return await handle_completion(request, "chat", ChatCompletionRequest)
+    return await handle_completion(request, *COMPLETION_ROUTES["/v1/chat/completions"])
 
 
 @router.post("/v1/completions", openapi_extra=_body_schema(CompletionRequest),
              responses=_ERROR_RESPONSES)
 async def completions(request: Request) -> Response:
-    return await handle_completion(request, "completions", CompletionRequest)
+    return await handle_completion(request, *COMPLETION_ROUTES["/v1/completions"])
 
 
 @router.get("/v1/models", responses=_ERROR_RESPONSES)
