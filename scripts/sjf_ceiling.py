@@ -51,7 +51,6 @@ from simulator.fidelity import ClientArrivals, LiveSetup
 from simulator.latency import load_cost_model
 
 MODEL = "SmolLM2-135M-Instruct"
-GPU_TABLES = "costmodels/llmservingsim_rtxpro6000_llama31_8b"
 #: keeps sample k's seeds clear of every other sample's (and of the bench's, k = 0)
 SEED_STRIDE = 100_003
 
@@ -131,9 +130,10 @@ def _castillo_setup() -> tuple[LiveSetup, object, str]:
     """The GPU deployment of `lengthwise simulate study`: RTX PRO 6000 tables, Llama-3.1-8B."""
     from predictor.locations import shared_dir
     from server.policy import EngineQueueMode
+    from simulator.cli import RTX_PRO_6000_TABLES
     from simulator.replica import EngineConfig
 
-    tables = shared_dir() / GPU_TABLES
+    tables = shared_dir() / RTX_PRO_6000_TABLES
     engine = EngineConfig(256, 2048, 520_000, 16, EngineQueueMode.PRIORITY)
     setup = LiveSetup(engine=engine, max_model_len=32_768, admission_max_sequences=None,
                       aging_s_per_token=0.05, client_arrivals=ClientArrivals.BURST)

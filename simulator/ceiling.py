@@ -27,9 +27,8 @@ from scipy.stats import kendalltau
 
 from server.policy import PolicyName
 
-from .fidelity import LiveSetup, sim_config
+from .fidelity import ArmReplay, LiveSetup, replay_arms
 from .latency import StepLatencyModel
-from .simulation import run_simulation
 from .trace import SimRequest
 
 RANKINGS = ("predictor", "prompt_mean", "oracle")
@@ -93,6 +92,29 @@ def share_of_variance_between_prompts(prompts: Sequence[PromptSamples]) -> float
     return 1.0 - within / total if total else 0.0
 
 
+def _sim_requests(requests: Sequence[RankedRequest]) -> list[SimRequest]:
+    return [SimRequest(request_id=f"r{i}", arrival_time=i * _BURST_SPACING_S,
+                       prompt_tokens=r.prompt_tokens, output_tokens=max(1, r.length))
+            for i, r in enumerate(requests)]
+
+
+def _replay(
+    requests: Sequence[RankedRequest], rankings: Sequence[str], setup: LiveSetup,
+    latency: StepLatencyModel, admission: int | None, with_fcfs: bool = True,
+) -> dict[str, ArmReplay]:
+    """fcfs (optionally) and sjf-aged by each named ranking, at one admission limit."""
+    arms = {"fcfs": (PolicyName.FCFS, [0.0] * len(requests))} if with_fcfs else {}
+    for src in rankings:
+        arms[f"sjf_{src}"] = (PolicyName.SJF_AGED, [r.ranking[src] for r in requests])
+    replays = replay_arms(_sim_requests(requests), arms,
+                          replace(setup, admission_max_sequences=admission), latency)
+    for name, replay in replays.items():
+        if replay.finished != len(requests):
+            raise RuntimeError(f"{name}: {len(requests) - replay.finished} requests dropped "
+                               "(longer than the engine's max_model_len?)")
+    return replays
+
+
 def replay_burst(
     requests: Sequence[RankedRequest],
     setup: LiveSetup,
@@ -100,32 +122,15 @@ def replay_burst(
     admissions: Sequence[int | None],
 ) -> list[dict]:
     """Mean E2E and makespan of one burst under fcfs and sjf-aged with each ranking."""
-    sim_requests = [
-        SimRequest(request_id=f"r{i}", arrival_time=i * _BURST_SPACING_S,
-                   prompt_tokens=r.prompt_tokens, output_tokens=max(1, r.length))
-        for i, r in enumerate(requests)
-    ]
-    arms = {"fcfs": (PolicyName.FCFS, [0.0] * len(requests))}
-    for src in RANKINGS:
-        arms[f"sjf_{src}"] = (PolicyName.SJF_AGED, [r.ranking[src] for r in requests])
     rows = []
     for admission in admissions:
-        adm_setup = replace(setup, admission_max_sequences=admission)
-        means, makespans = {}, {}
-        for name, (policy, ranking) in arms.items():
-            result = run_simulation(sim_requests, ranking, sim_config(adm_setup, policy), latency)
-            done = [r for r in result.records if not r.dropped and r.completion_time is not None]
-            if len(done) != len(sim_requests):
-                raise RuntimeError(f"{name}: {len(sim_requests) - len(done)} requests dropped "
-                                   "(longer than the engine's max_model_len?)")
-            means[name] = statistics.fmean(r.completion_time - r.request.arrival_time
-                                           for r in done)
-            makespans[name] = max(r.completion_time for r in done)
+        replays = _replay(requests, RANKINGS, setup, latency, admission)
+        fcfs = replays["fcfs"].e2e_mean_s
         rows.append({
             "admission_max_sequences": admission,
-            "e2e_mean_s": means,
-            "makespan_s": makespans,
-            "e2e_mean_over_fcfs": {k: v / means["fcfs"] for k, v in means.items()},
+            "e2e_mean_s": {k: v.e2e_mean_s for k, v in replays.items()},
+            "makespan_s": {k: v.makespan_s for k, v in replays.items()},
+            "e2e_mean_over_fcfs": {k: v.e2e_mean_s / fcfs for k, v in replays.items()},
         })
     return rows
 
@@ -151,10 +156,12 @@ def by_answer_set(
     converging = []
     for m in range(1, count):
         ratios, taus = [], []
-        for k in range(count):
+        for k, row in enumerate(per_set):
             burst = burst_requests(prompts, [k], known=m)
-            row = replay_burst(burst, setup, latency, [admission])[0]
-            ratios.append(row["e2e_mean_over_fcfs"]["sjf_prompt_mean"])
+            # fcfs and the other rankings do not depend on m: only this arm is replayed
+            mean = _replay(burst, ["prompt_mean"], setup, latency, admission,
+                           with_fcfs=False)["sjf_prompt_mean"].e2e_mean_s
+            ratios.append(mean / row["e2e_mean_s"]["fcfs"])
             taus.append(kendall_tau_vs_answer(burst)["prompt_mean"])
         converging.append({"answers_known": m, "sjf_prompt_mean_over_fcfs": statistics.fmean(ratios),
                            "kendall_tau": statistics.fmean(taus)})

@@ -509,7 +509,7 @@ def fidelity(
         raise typer.Exit(1)
 
 
-_RTX_TABLES = "costmodels/llmservingsim_rtxpro6000_llama31_8b"
+RTX_PRO_6000_TABLES = "costmodels/llmservingsim_rtxpro6000_llama31_8b"
 
 
 @app.command("bench-speed")
@@ -529,7 +529,7 @@ def bench_speed(
     from .report import write_json
 
     trace = trace or shared_dir() / "traces" / "azure2023_conv.csv"
-    latency = load_cost_model(cost_model or shared_dir() / _RTX_TABLES, num_layers)
+    latency = load_cost_model(cost_model or shared_dir() / RTX_PRO_6000_TABLES, num_layers)
     engine = EngineConfig(256, 2048, kv_cache_tokens, 16)
     report = speed_benchmark(trace, latency, engine)
     report["engine"] = {"max_num_seqs": 256, "max_num_batched_tokens": 2048,
@@ -562,7 +562,7 @@ def study(
     from .replica import EngineConfig
     from .report import write_json
 
-    latency = load_cost_model(cost_model or shared_dir() / _RTX_TABLES, num_layers)
+    latency = load_cost_model(cost_model or shared_dir() / RTX_PRO_6000_TABLES, num_layers)
     engine = EngineConfig(max_num_seqs, max_num_batched_tokens, kv_cache_tokens, 16)
     caps = [None if c.strip().lower() == "none" else int(c) for c in admission_caps.split(",")]
     predictor = _load_trained_predictor()

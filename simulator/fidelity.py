@@ -387,6 +387,35 @@ def run_fidelity(
     }
 
 
+@dataclass(frozen=True)
+class ArmReplay:
+    """What one policy did with one set of requests in the simulator."""
+
+    e2e_mean_s: float
+    makespan_s: float
+    finished: int
+
+
+def replay_arms(
+    requests: Sequence[SimRequest],
+    arms: dict[str, tuple[PolicyName, Sequence[float]]],
+    setup: LiveSetup,
+    latency: StepLatencyModel,
+) -> dict[str, ArmReplay]:
+    """Each arm (a policy and the values it ranks by) replayed on the same requests."""
+    out = {}
+    for name, (policy, ranking) in arms.items():
+        result = run_simulation(requests, ranking, sim_config(setup, policy), latency)
+        done = [r for r in result.records if not r.dropped and r.completion_time is not None]
+        out[name] = ArmReplay(
+            e2e_mean_s=statistics.fmean(r.completion_time - r.request.arrival_time
+                                        for r in done),
+            makespan_s=max(r.completion_time for r in done),
+            finished=len(done),
+        )
+    return out
+
+
 def policy_what_if(
     log_path: str | Path,
     latency: StepLatencyModel,
@@ -411,12 +440,8 @@ def policy_what_if(
     rows = []
     for admission in admissions:
         adm_setup = replace(setup, admission_max_sequences=admission)
-        means = {}
-        for name, (policy, predictions) in arms.items():
-            result = run_simulation(requests, predictions, sim_config(adm_setup, policy), latency)
-            done = [r for r in result.records if not r.dropped and r.completion_time is not None]
-            means[name] = statistics.fmean(r.completion_time - r.request.arrival_time
-                                           for r in done)
+        means = {name: replay.e2e_mean_s
+                 for name, replay in replay_arms(requests, arms, adm_setup, latency).items()}
         rows.append({
             "admission_max_sequences": admission,
             "e2e_mean_ms": {k: v * 1000.0 for k, v in means.items()},
