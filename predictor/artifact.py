@@ -23,17 +23,19 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
+from typing import TYPE_CHECKING
 
-from predictor.baselines import Baselines
-from predictor.cleaning import remove_degenerate
+import numpy as np
+
+from lengthwise.common.files import staged_directory
+from lengthwise.common.paths import cache_dir
 from predictor.errors import CastilloDataError
-from predictor.features import FeatureConfig
-from predictor.files import staged_directory
-from predictor.loader import load_castillo, prompt_group_mask
-from predictor.locations import cache_dir
-from predictor.train import TrainParams, train_length_model
+
+if TYPE_CHECKING:  # training needs the [train] extra (pandas); serving an artifact does not
+    import pandas as pd
+
+    from predictor.features import FeatureConfig
+    from predictor.train import TrainParams
 
 #: Bump when features, targets or training change, so cached artifacts are rebuilt.
 ARTIFACT_VERSION = "4"
@@ -50,11 +52,17 @@ def data_fingerprint(frame: pd.DataFrame) -> str:
     """Content hash of the rows (order-independent), so any change in the data retrains."""
     columns = [c for c in ("sample_id", "prompt_id", "model", "prompt_text", "output_mean",
                            "output_std") if c in frame.columns]
+    import pandas as pd
+
     row_hashes = np.sort(pd.util.hash_pandas_object(frame[columns], index=False).to_numpy())
     return hashlib.sha256(row_hashes.tobytes()).hexdigest()
 
 
 def holdout_mask(frame: pd.DataFrame) -> pd.Series:
+    import pandas as pd
+
+    from predictor.loader import prompt_group_mask
+
     return pd.Series(prompt_group_mask(frame["prompt_id"], HOLDOUT_FRACTION, HOLDOUT_SALT),
                      index=frame.index)
 
@@ -68,6 +76,7 @@ def split_holdout(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
 def _library_versions() -> dict[str, str]:
     import lightgbm
     import numpy
+    import pandas as pd
     import scipy
     import sklearn
 
@@ -85,6 +94,13 @@ def train_artifact(frame: pd.DataFrame, directory: Path | None = None, *, holdou
     ``served_profile``: rows of a served model's own profile (CASTILLO schema, already
     cleaned for its cap) trained on beside CASTILLO's, the served model as one more model
     name. The fingerprint stays CASTILLO's, so ``ensure_trained`` keeps such an artifact."""
+    import pandas as pd
+
+    from predictor.baselines import Baselines
+    from predictor.cleaning import remove_degenerate
+    from predictor.features import FeatureConfig
+    from predictor.train import TrainParams, train_length_model
+
     directory = Path(directory or default_artifact_dir())
     feature_config = feature_config or FeatureConfig()
     params = params or TrainParams()
@@ -141,6 +157,11 @@ def train_artifact(frame: pd.DataFrame, directory: Path | None = None, *, holdou
     return directory
 
 
+def is_current(meta: dict | None) -> bool:
+    """An artifact this code version can serve (its ``meta.json`` names this version)."""
+    return meta is not None and meta.get("artifact_version") == ARTIFACT_VERSION
+
+
 def read_meta(directory: Path) -> dict | None:
     try:
         return json.loads((Path(directory) / META_FILE).read_text())
@@ -167,6 +188,8 @@ def ensure_trained(source: Path | str | None = None, directory: Path | None = No
 
     With no CASTILLO reachable, an existing artifact is used as it is.
     """
+    from predictor.loader import load_castillo
+
     directory = Path(directory or default_artifact_dir())
     with _training_lock(directory):
         meta = read_meta(directory)

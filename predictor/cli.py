@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from predictor.files import write_json_report
+from lengthwise.common.files import write_json_report
 
 app = typer.Typer(no_args_is_help=True, add_completion=False)
 
@@ -62,7 +62,7 @@ def ensure(
 @app.command("eval")
 def evaluate_command(
     data: Annotated[Path, typer.Option(help="CASTILLO-schema parquet/JSON file or folder")],
-    output_json: Annotated[Path, typer.Option(help="where to write the figures")],
+    output: Annotated[Path, typer.Option(help="where to write the figures")],
     split: Annotated[Split, typer.Option(help="'holdout': only the rows of the default artifact's held-out prompt group")] = Split.all,
     artifact: Annotated[Path | None, typer.Option(help="artifact directory (default: the default artifact, trained first if missing)")] = None,
     drop_degenerate: Annotated[bool, typer.Option(help="also drop the paper's degenerate rows from the evaluation rows")] = False,
@@ -98,8 +98,8 @@ def evaluate_command(
                    "degenerate_dropped": drop_degenerate, "artifact": str(directory),
                    "artifact_version": predictor.version,
                    "feature_set": predictor.meta.get("feature_set")})
-    output_json.parent.mkdir(parents=True, exist_ok=True)
-    write_json_report(output_json, report)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    write_json_report(output, report)
     summary = {k: v for k, v in report.items() if k != "kendall_tau_by_model"}
     _print_json(summary)
 
@@ -128,20 +128,3 @@ def predict(
         raise typer.Exit(2) from exc
     _print_json({**asdict(prediction), "model": model, "max_tokens": max_tokens,
                  "artifact_version": predictor.version})
-
-
-@app.command()
-def ablation(
-    data: Annotated[Path | None, typer.Option(help="CASTILLO file or folder (default: shared copy)")] = None,
-    output_json: Annotated[Path | None, typer.Option(help="default: reports/predictor_feature_ablation.json")] = None,
-    minilm: Annotated[bool, typer.Option(help="include the MiniLM feature set (needs the 'embeddings' extra)")] = True,
-    latency_requests: Annotated[int, typer.Option()] = 300,
-) -> None:
-    """Measure what each text feature set buys (tau, MAE, latency) on the held-out prompts."""
-    from predictor.ablation import run_ablation
-    from predictor.locations import reports_dir
-
-    target = output_json or reports_dir() / "predictor_feature_ablation.json"
-    report = run_ablation(data, include_minilm=minilm, latency_requests=latency_requests,
-                          write_to=target)
-    _print_json(report["summary"])

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from predictor.errors import CastilloDataError
-from predictor.locations import shared_dir
+from lengthwise.common.paths import shared_dir
 
 HUB_DATASET = "danfperam/castillo"
 HUB_CONFIGS = ("sanitized", "original", "degenerate")

@@ -37,7 +37,7 @@ else
 fi
 
 echo "==> preparing the local model (SmolLM2-135M-Instruct)"
-"$VENV/bin/python" -m server.local_model
+"$VENV/bin/python" -m lengthwise.worker.local_model
 
 echo "==> training or loading the length predictor"
 "$VENV/bin/lengthwise" predictor ensure

@@ -70,9 +70,9 @@ def make_discovery(cfg: GatewayConfig) -> Discovery:
 
 def default_predictor(cfg: GatewayConfig) -> LengthPredictor:
     # Imported here: the predictor pulls in LightGBM, which `lengthwise --help` must not pay for.
-    from server.predictor_loader import load_length_predictor
+    from predictor.api import load_served_predictor
 
-    return load_length_predictor(cfg.predictor_dir)
+    return load_served_predictor(cfg.predictor_dir)
 
 
 def create_app(

@@ -20,7 +20,7 @@ import yaml
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from predictor.locations import cache_dir
+from lengthwise.common.paths import cache_dir
 from server.policy import AdmissionLimits, PointEstimate, PolicyConfig, PolicyName
 
 ENV_PREFIX = "LENGTHWISE_"

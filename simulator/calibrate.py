@@ -18,7 +18,7 @@ and unique per request, so vLLM's prefix cache cannot shorten a prefill
 whether or not the worker enables it. The measurements are fitted with
 :func:`simulator.latency.fit_linear`.
 
-The probes sample like the live benchmark (``server/live_bench.py``:
+The probes sample like the live benchmark (``lengthwise/bench/live.py``:
 temperature 0.7, top-p 0.95, a seed per request), because on a CPU worker
 sampling is part of every step: a seeded request takes vLLM's per-request
 generator path and top-p sorts the vocabulary.

@@ -106,7 +106,7 @@ def run(
     rate: Annotated[float, typer.Option(help="castillo: Poisson arrival rate, req/s")] = 1.0,
     arrival_trace: Annotated[Path | None, typer.Option(help="castillo: take arrival times from this trace")] = None,
     seed: Annotated[int, typer.Option()] = 0,
-    output_json: Annotated[Path | None, typer.Option()] = None,
+    output: Annotated[Path | None, typer.Option()] = None,
     per_request: Annotated[Path | None, typer.Option(help="Per-request .csv or .parquet")] = None,
     sweep_rate: Annotated[str | None, typer.Option(
         help="Comma-separated loads (offered/saturation), e.g. 0.5,0.7,0.9")] = None,
@@ -164,9 +164,9 @@ def run(
     show_progress = progress if progress is not None else len(requests) > 5000
     if sweep_rate:
         _run_sweep(requests, sweep_rate, policies, config_for, predictions, latency,
-                   output_json, plot, trace)
+                   output, plot, trace)
         return
-    _run_one(requests, policy, config_for(policy), predictions, latency, output_json,
+    _run_one(requests, policy, config_for(policy), predictions, latency, output,
              per_request, show_progress, trace)
 
 
@@ -244,7 +244,7 @@ def _load_requests(trace, limit, castillo_data, castillo_model, num_requests, ra
     return castillo_workload(rows, arrivals, seed=seed)
 
 
-def _run_one(requests, choice, config, predictions, latency, output_json, per_request,
+def _run_one(requests, choice, config, predictions, latency, output, per_request,
              show_progress, trace) -> None:
     from dataclasses import replace
 
@@ -283,14 +283,14 @@ def _run_one(requests, choice, config, predictions, latency, output_json, per_re
             "cost_model": latency.describe(),
         },
     )
-    if output_json:
-        write_json(summary, output_json)
+    if output:
+        write_json(summary, output)
     if per_request:
         write_per_request(result, per_request)
     typer.echo(json.dumps(summary, indent=2))
 
 
-def _run_sweep(requests, sweep_rate, policies, config_for, predictions, latency, output_json,
+def _run_sweep(requests, sweep_rate, policies, config_for, predictions, latency, output,
                plot, trace) -> None:
     from .report import write_json
     from .sweep import PolicyArm, plot_sweep, run_sweep
@@ -322,8 +322,8 @@ def _run_sweep(requests, sweep_rate, policies, config_for, predictions, latency,
     )
     report.update({"trace": str(trace), "requests": len(requests), "prediction_sources": sources,
                    "cost_model": latency.describe()})
-    if output_json:
-        write_json(report, output_json)
+    if output:
+        write_json(report, output)
     if plot:
         plot_sweep(report, plot)
     typer.echo(json.dumps({k: v for k, v in report.items() if k != "policies"}, indent=2))
@@ -415,7 +415,7 @@ def fidelity(
         help="burst: the client sent all requests at once (bench live --arrivals burst); "
              "logged: replay the logged queue-entry times (Poisson runs)")] = ArrivalsChoice.BURST,
     max_num_seqs: Annotated[int | None, typer.Option(
-        help="Worker --max-num-seqs (default: scripts/bench_worker.py's 16)")] = None,
+        help="Worker --max-num-seqs (default: the bench worker's 16)")] = None,
     max_num_batched_tokens: Annotated[int | None, typer.Option(
         help="Worker token budget (default: max(max_model_len, 2048), chunked prefill off)")] = None,
     kv_cache_tokens: Annotated[int | None, typer.Option(
@@ -444,13 +444,13 @@ def fidelity(
         help="Also replay the first log under fcfs, sjf-aged (logged predictions) and "
              "sjf-aged with the true lengths (oracle) at these gateway admission limits, "
              "e.g. '16,8,4': how much ordering can buy on this workload")] = None,
-    output_json: Annotated[Path, typer.Option()] = Path("reports/sim_fidelity_cpu.json"),
+    output: Annotated[Path, typer.Option()] = Path("reports/sim_fidelity_cpu.json"),
     strict: Annotated[bool, typer.Option(help="Exit 1 when an arm misses the tolerance")] = False,
 ) -> None:
     """Replay a live run's gateway logs through the simulator; compare E2E and TTFT."""
     from dataclasses import replace
 
-    from predictor.files import write_json_report
+    from lengthwise.common.files import write_json_report
     from server.policy import EngineQueueMode
 
     from .calibrate import RequestOverhead, load_request_overhead
@@ -499,87 +499,11 @@ def fidelity(
             report["what_if"] = policy_what_if(logs[0], latency, setup, admissions)
     except (OSError, ValueError, KeyError) as exc:
         _fail(str(exc))
-    write_json_report(output_json, report)
+    write_json_report(output, report)
     typer.echo(format_table(report))
     for row in report.get("what_if", {}).get("rows", []):
         ratios = ", ".join(f"{k} {v:.3f}" for k, v in row["e2e_mean_over_fcfs"].items())
         typer.echo(f"what-if, admission {row['admission_max_sequences']}: mean E2E / fcfs: {ratios}")
-    typer.echo(f"wrote {output_json}")
+    typer.echo(f"wrote {output}")
     if strict and not report["pass"]:
         raise typer.Exit(1)
-
-
-RTX_PRO_6000_TABLES = "costmodels/llmservingsim_rtxpro6000_llama31_8b"
-
-
-@app.command("bench-speed")
-def bench_speed(
-    trace: Annotated[Path | None, typer.Option(help="Default: shared azure2023_conv.csv")] = None,
-    cost_model: Annotated[Path | None, typer.Option(help="Default: shared RTX PRO 6000 tables")] = None,
-    num_layers: Annotated[int, typer.Option()] = 32,
-    kv_cache_tokens: Annotated[int, typer.Option()] = 520_000,
-    output_json: Annotated[Path, typer.Option()] = Path("reports/sim_speed.json"),
-) -> None:
-    """Benchmark: replay the whole Azure 2023 conv trace on one worker; wall and CPU time."""
-    from predictor.locations import shared_dir
-
-    from .benchmarks import speed_benchmark
-    from .latency import load_cost_model
-    from .replica import EngineConfig
-    from .report import write_json
-
-    trace = trace or shared_dir() / "traces" / "azure2023_conv.csv"
-    latency = load_cost_model(cost_model or shared_dir() / RTX_PRO_6000_TABLES, num_layers)
-    engine = EngineConfig(256, 2048, kv_cache_tokens, 16)
-    report = speed_benchmark(trace, latency, engine)
-    report["engine"] = {"max_num_seqs": 256, "max_num_batched_tokens": 2048,
-                        "kv_cache_tokens": kv_cache_tokens, "block_size": 16}
-    write_json(report, output_json)
-    typer.echo(json.dumps({k: v for k, v in report.items() if k != "summary"}, indent=2))
-
-
-@app.command("study")
-def study(
-    cost_model: Annotated[Path | None, typer.Option(help="Default: shared RTX PRO 6000 tables")] = None,
-    num_layers: Annotated[int, typer.Option()] = 32,
-    castillo_model: Annotated[str, typer.Option(help="CASTILLO rows of the costed LLM")] = "Llama-3.1-8B",
-    loads: Annotated[str, typer.Option()] = "0.5,0.6,0.7,0.8,0.9,0.95",
-    num_requests: Annotated[int, typer.Option()] = 2000,
-    seeds: Annotated[str, typer.Option()] = "0,1,2",
-    admission_caps: Annotated[str, typer.Option(
-        help="Per-worker admission limits to compare; 'none' = plain vLLM")] = "none,32",
-    max_num_seqs: Annotated[int, typer.Option()] = 256,
-    max_num_batched_tokens: Annotated[int, typer.Option()] = 2048,
-    kv_cache_tokens: Annotated[int, typer.Option()] = 520_000,
-    output_json: Annotated[Path, typer.Option()] = Path("reports/sim_castillo_study.json"),
-    plot: Annotated[Path | None, typer.Option()] = Path("reports/sim_castillo_study.png"),
-) -> None:
-    """Benchmark: fcfs vs sjf (trained predictor) vs sjf-oracle on CASTILLO at loads 0.5-0.95."""
-    from predictor.locations import shared_dir
-
-    from .benchmarks import castillo_study, plot_study
-    from .latency import load_cost_model
-    from .replica import EngineConfig
-    from .report import write_json
-
-    latency = load_cost_model(cost_model or shared_dir() / RTX_PRO_6000_TABLES, num_layers)
-    engine = EngineConfig(max_num_seqs, max_num_batched_tokens, kv_cache_tokens, 16)
-    caps = [None if c.strip().lower() == "none" else int(c) for c in admission_caps.split(",")]
-    predictor = _load_trained_predictor()
-    t0 = __import__("time").perf_counter()
-    report = castillo_study(
-        latency, engine, predictor,
-        model_filter=castillo_model,
-        loads=_parse_floats(loads),
-        num_requests=num_requests,
-        seeds=[int(s) for s in _parse_floats(seeds)],
-        admission_caps=caps,
-        progress=lambda line: typer.echo(line, err=True),
-    )
-    report["predictor_version"] = getattr(predictor, "version", None)
-    report["wall_s"] = __import__("time").perf_counter() - t0
-    write_json(report, output_json)
-    if plot:
-        plot_study(report, plot)
-    typer.echo(json.dumps({k: v["mean_over_seeds"] for k, v in report["deployments"].items()},
-                          indent=2))

@@ -1,7 +1,7 @@
 """Fidelity: replay a live run's request logs through the simulator and compare latencies.
 
 ``lengthwise bench live`` runs the real gateway (``fcfs`` and ``sjf`` arms) in
-front of one vLLM CPU worker (``scripts/bench_worker.py``); each gateway arm
+front of one vLLM CPU worker (``lengthwise worker --max-num-seqs 16 --no-prefix-caching``); each gateway arm
 writes a JSONL request log. For every log this module replays *exactly those
 requests* through the simulated gateway and engine and compares mean / p50 /
 p90 E2E and TTFT with what the gateway measured. The issue's target: mean E2E
@@ -74,7 +74,7 @@ from .replica import EngineConfig
 from .simulation import SimConfig, SimResult, run_simulation
 from .trace import SimRequest
 
-#: ``scripts/bench_worker.py`` runs ``WorkerConfig(max_num_seqs=16)``.
+#: ``lengthwise worker --max-num-seqs 16 --no-prefix-caching`` runs ``WorkerConfig(max_num_seqs=16)``.
 BENCH_WORKER_MAX_NUM_SEQS = 16
 #: vLLM's CPU platform default block size (``vllm/platforms/cpu.py``).
 CPU_BLOCK_SIZE = 128
@@ -93,16 +93,21 @@ class ClientArrivals(StrEnum):
     LOGGED = "logged"
 
 
+#: The gateway admission limit of the live CPU runs this module replays
+#: (``lengthwise bench live --max-sequences 16``).
+BENCH_ADMISSION_MAX_SEQUENCES = 16
+
+
 def _worker_default(name: str):
-    from server.worker_process import WorkerConfig
+    from lengthwise.worker.process import WorkerConfig
 
     return next(f.default for f in fields(WorkerConfig) if f.name == name)
 
 
 def bench_worker_engine() -> tuple[EngineConfig, int]:
-    """The engine settings of ``scripts/bench_worker.py`` and its ``max_model_len``.
+    """The engine settings of ``lengthwise worker --max-num-seqs 16 --no-prefix-caching`` and its ``max_model_len``.
 
-    Read from ``server.worker_process.WorkerConfig``'s defaults so a change there
+    Read from ``lengthwise.worker.process.WorkerConfig``'s defaults so a change there
     follows here: with chunked prefill off the worker raises
     ``max_num_batched_tokens`` to ``max(max_model_len, 2048)``.
     """
@@ -118,12 +123,6 @@ def bench_worker_engine() -> tuple[EngineConfig, int]:
         chunked_prefill=chunked,
     )
     return engine, max_model_len
-
-
-def _live_bench_default(name: str):
-    from server.live_bench import Workload
-
-    return next(f.default for f in fields(Workload) if f.name == name)
 
 
 @dataclass(frozen=True)
@@ -144,14 +143,14 @@ class LiveSetup:
 
     @classmethod
     def bench_defaults(cls, **changes) -> LiveSetup:
-        """``bench live`` defaults in front of ``scripts/bench_worker.py``."""
+        """``bench live`` defaults in front of ``lengthwise worker --max-num-seqs 16 --no-prefix-caching``."""
         engine, max_len = bench_worker_engine()
         base = {
             "engine": engine,
             "max_model_len": max_len,
-            "admission_max_sequences": int(_live_bench_default("max_sequences_per_worker")),
-            "aging_s_per_token": float(_live_bench_default("aging_s_per_token")),
-            "point_estimate": PointEstimate(_live_bench_default("point_estimate")),
+            "admission_max_sequences": BENCH_ADMISSION_MAX_SEQUENCES,
+            "aging_s_per_token": PolicyConfig().aging_s_per_token,
+            "point_estimate": PolicyConfig().point_estimate,
         }
         base.update(changes)
         return cls(**base)

@@ -29,6 +29,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+#: The shared folder's measured RTX PRO 6000 operator tables (Llama-3.1-8B, bf16, TP1),
+#: relative to the shared data folder.
+RTX_PRO_6000_TABLES = "costmodels/llmservingsim_rtxpro6000_llama31_8b"
+
 
 @dataclass(slots=True)
 class BatchShape:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from predictor.files import write_json_report
+from lengthwise.common.files import write_json_report
 
 from .simulation import SimResult
 
@@ -93,7 +93,7 @@ def per_request_rows(result: SimResult) -> list[dict]:
 
 
 def summarize(result: SimResult, extra: dict | None = None) -> dict:
-    """The ``--output-json`` document."""
+    """The ``--output`` document."""
     ttft, tpot, e2e, queue = [], [], [], []
     out_tokens = 0
     first_arrival = math.inf

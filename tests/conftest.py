@@ -63,7 +63,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def vllm_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveWorker]:
-    from server.worker_process import (
+    from lengthwise.worker.process import (
         WorkerConfig,
         WorkerProcess,
         WorkerStartError,
@@ -79,7 +79,7 @@ def vllm_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveWorker
                          os.environ.get(WORKER_EDT_METRICS_ENV) or None)
         return
 
-    from server.local_model import LocalModelError, prepare_local_model
+    from lengthwise.worker.local_model import LocalModelError, prepare_local_model
 
     try:
         model = prepare_local_model()
@@ -114,9 +114,9 @@ T = TypeVar("T")
 @pytest.fixture(scope="session")
 def length_predictor():
     """The real trained predictor (trained once from CASTILLO if the cache has none)."""
-    from server.predictor_loader import load_length_predictor
+    from predictor.api import load_served_predictor
 
-    return load_length_predictor()
+    return load_served_predictor()
 
 
 def _cleaned_up(

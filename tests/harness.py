@@ -35,7 +35,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from predictor.types import LengthPredictor
 from server.app import Gateway, create_app
 from server.config import GatewayConfig
-from server.worker_process import free_port
+from lengthwise.worker.process import free_port
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent

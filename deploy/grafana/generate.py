@@ -5,7 +5,7 @@ The gateway's metric names are read from ``server.metrics.GatewayMetrics`` itsel
 (instantiated on a throw-away registry), so renaming a metric there changes the
 generated dashboards, and the test that compares the committed files with a fresh
 generation fails until they are regenerated; the EDT histogram's name comes from
-``server.edt.worker_metrics``. vLLM's names come from vLLM's ``/metrics``
+``lengthwise.worker.edt.temperature_metrics``. vLLM's names come from vLLM's ``/metrics``
 (``vllm:*``) and prometheus_client's process collector (``process_*``, exported by
 the gateway, vLLM's API server and the EDT endpoint of vLLM's model-runner process).
 
@@ -35,7 +35,7 @@ if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere
 
 from prometheus_client import CollectorRegistry
 
-from server.edt.worker_metrics import METRIC_NAME as EDT_TEMPERATURE
+from lengthwise.worker.edt.temperature_metrics import METRIC_NAME as EDT_TEMPERATURE
 from server.engine_stats import KV_CACHE_USAGE
 from server.metrics import GatewayMetrics
 

@@ -8,17 +8,17 @@ from pathlib import Path
 
 import typer
 
-from predictor.files import write_json_report
+from lengthwise.common.files import write_json_report
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, invoke_without_command=True,
                   help="Profile a served model CASTILLO-style: "
-                       "lengthwise profile --target URL --model NAME --prompts FILE... --output DIR")
+                       "lengthwise profile --worker URL --model NAME --prompts FILE... --output DIR")
 
 
 @app.callback()
 def profile(
     ctx: typer.Context,
-    target: str | None = typer.Option(None, help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8100"),
+    worker: str | None = typer.Option(None, help="OpenAI-compatible base URL of the served model, e.g. http://127.0.0.1:8100"),
     model: str | None = typer.Option(None, help="Served model name"),
     prompts: list[Path] = typer.Option([], "--prompts", help="Prompt files (JSON/JSONL instruction records, CASTILLO parquet, text); repeat or list several"),
     samples: int = typer.Option(10, min=1, help="Completions per prompt"),
@@ -34,8 +34,8 @@ def profile(
 ) -> None:
     if ctx.invoked_subcommand is not None:
         return
-    if not (target and model and prompts and output):
-        raise typer.BadParameter("--target, --model, --prompts and --output are required")
+    if not (worker and model and prompts and output):
+        raise typer.BadParameter("--worker, --model, --prompts and --output are required")
     from predictor.profiling.prompt_files import read_prompt_files
     from predictor.profiling.rows import DecodingSettings
     from predictor.profiling.run import RunConfig, profile_prompts
@@ -43,7 +43,7 @@ def profile(
     chosen = read_prompt_files(_expand(prompts), seed=seed)
     if limit:
         chosen = chosen[:limit]
-    config = RunConfig(target, model, DecodingSettings(temperature, top_p, top_k, max_tokens),
+    config = RunConfig(worker, model, DecodingSettings(temperature, top_p, top_k, max_tokens),
                        samples=samples, concurrency=concurrency)
     result = asyncio.run(profile_prompts(chosen, config, output))
     figures = {
@@ -105,7 +105,7 @@ def evaluate(
     test_fraction: float = typer.Option(0.3, min=0.05, max=0.9, help="Held-out share of the profile's prompts"),
 ) -> None:
     """Kendall tau and MAE on held-out served-model prompts: CASTILLO only, profile only, both."""
-    from predictor.locations import reports_dir
+    from lengthwise.common.paths import reports_dir
     from predictor.profiling.served_eval import evaluate_served_model
 
     result = evaluate_served_model(directory, castillo, test_fraction)
@@ -135,34 +135,3 @@ def train(
     typer.echo(json.dumps({"artifact": str(directory_out),
                            "served_model_profile": meta.get("data", {}).get("served_model_profile"),
                            "training_seconds": meta.get("training_seconds")}, indent=2))
-
-
-@app.command("bench-online")
-def bench_online(
-    directory: Path = typer.Argument(..., help="Profile run folder of the served model"),
-    mode: str = typer.Option("replay", help="replay (no worker) or live (gateway + worker)"),
-    worker: str | None = typer.Option(None, help="live: the vLLM worker URL"),
-    requests: int = typer.Option(1000, min=10),
-    window: int = typer.Option(200, min=10, help="Requests per rolling window"),
-    refit_every: int = typer.Option(100, min=10),
-    rate: float = typer.Option(1.0, help="live: Poisson arrivals per second"),
-    max_tokens: int = typer.Option(256, help="live: max_tokens of every request"),
-    seed: int = typer.Option(0),
-    seeds: int = typer.Option(5, min=1, help="replay: streams seed, seed+1, ... each through a fresh learner"),
-    output: Path | None = typer.Option(None, help="Report JSON (default reports/online_learning_bench.json)"),
-) -> None:
-    """Cold start with the model-agnostic predictor; rolling tau (and sjf latency, live) as the gateway learns."""
-    from predictor.locations import reports_dir
-    from server.online_learning_bench import live, replay, write_report
-
-    if mode == "replay":
-        report = replay(directory, requests, window, range(seed, seed + seeds), refit_every)
-    elif mode == "live":
-        if not worker:
-            raise typer.BadParameter("--worker is required with --mode live")
-        report = live(directory, worker, requests, window, rate, max_tokens, seed, refit_every)
-    else:
-        raise typer.BadParameter("--mode is replay or live")
-    path = write_report(report, output or reports_dir() / "online_learning_bench.json")
-    typer.echo(json.dumps({k: v for k, v in report.items() if k != "arms"}, indent=2)[:4000])
-    typer.echo(f"wrote {path}")

@@ -211,7 +211,7 @@ def test_dockerignore_keeps_secrets_caches_and_data_out(repo_root):
     for path in (".venv/bin/python", ".cache/models/x.safetensors", ".git/config", "tests/x.py",
                  "reports/live_bench.json", "server/__pycache__/a.pyc", "deploy/compose/compose.yaml"):
         assert not _sent_to_builder(path, patterns), path
-    for path in ("server/app.py", "predictor/types.py", "pyproject.toml", "lengthwise_cli.py"):
+    for path in ("server/app.py", "predictor/types.py", "pyproject.toml", "lengthwise/cli.py"):
         assert _sent_to_builder(path, patterns), path
 
 
@@ -234,7 +234,7 @@ def test_gateway_image_environment_names_real_settings(repo_root):
     env_text = " ".join(i["value"] for i in gateway if i["instruction"] == "ENV")
     names = re.findall(r"\b(LENGTHWISE_\w+)=", env_text)
     assert names
-    locations = {"LENGTHWISE_CACHE_DIR", "LENGTHWISE_SHARED_DIR"}  # predictor.locations
+    locations = {"LENGTHWISE_CACHE_DIR", "LENGTHWISE_SHARED_DIR"}  # lengthwise.common.paths
     for name in names:
         assert name in locations or name.removeprefix("LENGTHWISE_").lower() in GatewayConfig.model_fields
 
@@ -279,7 +279,7 @@ def test_worker_commands_are_accepted_by_vllm(vllm_parser, repo_root, deploy_dir
 
 
 def test_worker_images_load_edt_processors_that_exist(repo_root):
-    from server import worker_process
+    from lengthwise.worker import process as worker_process
 
     stages = _stages(repo_root)
     cpu = _exec_form(stages["worker-cpu"], "CMD")
@@ -294,16 +294,16 @@ def test_worker_images_load_edt_processors_that_exist(repo_root):
 
 
 def test_cpu_worker_image_serves_the_local_model(repo_root):
-    from server.local_model import SERVED_MODEL_NAME
+    from lengthwise.worker.local_model import SERVED_MODEL_NAME
 
     stage = _stages(repo_root)["worker-cpu"]
     cmd = _exec_form(stage, "CMD")
     env_text = " ".join(i["value"] for i in stage if i["instruction"] == "ENV")
     cache = re.search(r"LENGTHWISE_CACHE_DIR=(\S+)", env_text).group(1)
-    # server.local_model writes <cache>/models/<name>; the CMD serves that folder.
+    # lengthwise.worker.local_model writes <cache>/models/<name>; the CMD serves that folder.
     assert cmd[cmd.index("--model") + 1] == f"{cache}/models/{SERVED_MODEL_NAME}"
     assert cmd[cmd.index("--served-model-name") + 1] == SERVED_MODEL_NAME
-    assert any("python -m server.local_model" in i["value"] for i in stage if i["instruction"] == "RUN")
+    assert any("python -m lengthwise.worker.local_model" in i["value"] for i in stage if i["instruction"] == "RUN")
     assert os.sep == "/"  # paths above are POSIX, as in the image
 
 

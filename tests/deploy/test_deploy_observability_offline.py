@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 from prometheus_client import CollectorRegistry
 
-from server.edt.worker_metrics import AppliedTemperatureHistogram, _HistogramCollector
+from lengthwise.worker.edt.temperature_metrics import AppliedTemperatureHistogram, _HistogramCollector
 from server.metrics import GatewayMetrics
 
 

@@ -33,8 +33,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from server.edt.worker_metrics import METRIC_NAME as EDT_TEMPERATURE
-from server.worker_process import free_port
+from lengthwise.worker.edt.temperature_metrics import METRIC_NAME as EDT_TEMPERATURE
+from lengthwise.worker.process import free_port
 
 pytestmark = [pytest.mark.slow]
 

@@ -26,7 +26,7 @@ def test_eval_command_writes_the_issue_figures(small_artifact, small_rows, tmp_p
     small_rows.to_parquet(data)
     out = tmp_path / "figures.json"
     result = CliRunner().invoke(app, [
-        "eval", "--data", str(data), "--output-json", str(out), "--artifact", str(small_artifact),
+        "eval", "--data", str(data), "--output", str(out), "--artifact", str(small_artifact),
         "--split", "holdout", "--latency-requests", "20"])
     assert result.exit_code == 0, result.output
     figures = json.loads(out.read_text())

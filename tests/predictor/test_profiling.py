@@ -18,7 +18,7 @@ import pytest
 from predictor.loader import default_castillo_dir
 from predictor.profiling.prompt_files import read_prompt_file, read_prompt_files
 from predictor.profiling.report import build_report, load_profile
-from server.worker_process import free_port
+from lengthwise.worker.process import free_port
 
 STANDIN = Path(__file__).resolve().parents[1] / "standin_worker.py"
 REPO = Path(__file__).resolve().parents[2]
@@ -50,7 +50,7 @@ def standin():
 
 
 def _profile_cmd(url: str, prompts: Path, output: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "lengthwise_cli", "profile", "--target", url, "--model",
+    return [sys.executable, "-m", "lengthwise.cli", "profile", "--worker", url, "--model",
             "tiny-served", "--prompts", str(prompts), "--samples", "4", "--max-tokens", "50",
             "--concurrency", "4", "--output", str(output), *extra]
 

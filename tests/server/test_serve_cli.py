@@ -11,14 +11,14 @@ import time
 import httpx
 from harness import free_port, wait_until
 
-from predictor.locations import REPO_ROOT
+from lengthwise.common.paths import REPO_ROOT
 
 
 def test_serve_fronts_a_worker_and_drains_on_sigterm(standin_factory, tmp_path):
     worker = standin_factory(token_delay_s=0.02)
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lengthwise_cli", "serve", "--worker", worker.url, "--port",
+        [sys.executable, "-m", "lengthwise.cli", "serve", "--worker", worker.url, "--port",
          str(port), "--request-log", str(tmp_path / "requests.jsonl"), "--log-level", "warning"],
         cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )

@@ -7,7 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from predictor.locations import shared_dir
+from lengthwise.common.paths import shared_dir
 from simulator.cli import app
 from simulator.latency import LinearStepModel
 
@@ -35,7 +35,7 @@ def test_run_writes_json_and_per_request(tmp_path, trace, linear):
     result = CliRunner().invoke(app, [
         str(trace), "--cost-model", str(linear), "--max-num-seqs", "16",
         "--max-num-batched-tokens", "512", "--kv-cache-tokens", "8192", "--block-size", "16",
-        "--workers", "2", "--policy", "sjf-oracle", "--output-json", str(out),
+        "--workers", "2", "--policy", "sjf-oracle", "--output", str(out),
         "--per-request", str(rows),
     ])
     assert result.exit_code == 0, result.output
@@ -75,7 +75,7 @@ def test_sweep_writes_report_and_plot(tmp_path, trace, linear):
     result = CliRunner().invoke(app, [
         str(trace), "--cost-model", str(linear), "--max-num-seqs", "8",
         "--sweep-rate", "0.5,0.9", "--policies", "fcfs,sjf,sjf-oracle",
-        "--prediction-source", "oracle-noise", "--output-json", str(out), "--plot", str(png),
+        "--prediction-source", "oracle-noise", "--output", str(out), "--plot", str(png),
     ])
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())

@@ -94,7 +94,7 @@ def _fidelity(tmp_path, cost_model, *logs, extra=()):
     out = tmp_path / "fidelity.json"
     result = CliRunner().invoke(app, [
         "fidelity", *map(str, logs), "--cost-model", str(cost_model), *ENGINE_ARGS,
-        "--client-arrivals", "burst", "--output-json", str(out), *extra,
+        "--client-arrivals", "burst", "--output", str(out), *extra,
     ])
     return result, out
 

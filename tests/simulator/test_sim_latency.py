@@ -6,7 +6,7 @@ import csv
 
 import pytest
 
-from predictor.locations import shared_dir
+from lengthwise.common.paths import shared_dir
 from simulator.latency import (
     BatchShape,
     LinearStepModel,

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from predictor.locations import shared_dir
+from lengthwise.common.paths import shared_dir
 from simulator.trace import TraceFormatError, load_trace, write_generic_jsonl
 from simulator.workload import castillo_workload, poisson_arrivals, rescale_to_rate
 

@@ -1,0 +1,323 @@
+"""``lengthwise bench ...``: every benchmark and experiment, in one place.
+
+Conventions shared by every command: ``--worker URL`` is a running vLLM worker (without
+it, commands that need one start a local vLLM CPU worker for the run and stop it after);
+``--output PATH`` is the JSON report (a plot, where there is one, goes beside it as .png).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from server.policy import PolicyConfig
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+
+Worker = Annotated[str | None, typer.Option(
+    "--worker", help="A running vLLM worker's base URL; default: start a local one.")]
+Model = Annotated[str | None, typer.Option(help="Served model name (default: the worker's).")]
+
+
+Output = Annotated[Path, typer.Option("--output", help="JSON report.")]
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def _echo_json(data: object) -> None:
+    typer.echo(json.dumps(data, indent=2)[:4000])
+
+
+# --- live gateway benchmarks ---------------------------------------------------------
+
+
+@app.command()
+def live(
+    worker: Worker = None,
+    model: Model = None,
+    requests: int = typer.Option(160, help="Requests per arm."),
+    arrivals: str = typer.Option("poisson", help="poisson or burst."),
+    rate: float = typer.Option(2.0, help="Poisson arrival rate (requests/s)."),
+    max_tokens: int = typer.Option(256, help="max_tokens of every request."),
+    max_sequences: int = typer.Option(4, help="Gateway admission limit per worker."),
+    sjf_policy: str = typer.Option("sjf-aged", help="Policy of the sjf arm: sjf or sjf-aged."),
+    aging_s_per_token: float = typer.Option(PolicyConfig().aging_s_per_token,
+                                            help="sjf-aged aging rate."),
+    seed: int = typer.Option(1234),
+    output: Output = Path("reports/live_bench.json"),
+) -> None:
+    """Plain vLLM vs gateway fcfs vs gateway sjf on real prompts, one run of each arm."""
+    from lengthwise.bench.live import Workload, run_live_bench
+    from lengthwise.worker.process import worker_for
+
+    w = Workload(num_requests=requests, arrivals=arrivals, rate_per_s=rate,
+                 max_tokens=max_tokens, seed=seed, max_sequences_per_worker=max_sequences,
+                 sjf_policy=sjf_policy, aging_s_per_token=aging_s_per_token)
+    # Prefix caching off: every arm replays the same prompts, and a warm cache would
+    # favour whichever arm runs later.
+    with worker_for(worker, model, say=typer.echo,
+                    extra_args=("--no-enable-prefix-caching",)) as (url, name):
+        report = run_live_bench(url, name, w, output, log=typer.echo)
+    typer.echo(f"targets: {report['targets']}; wrote {output}")
+
+
+@app.command()
+def overhead(
+    worker: Worker = None,
+    model: Model = None,
+    samples: int = typer.Option(200, help="Request rounds (one request to each target)."),
+    proxy_floor: bool = typer.Option(True, help="Also measure a minimal byte-forwarding proxy."),
+    output: Output = Path("reports/gateway_overhead.json"),
+) -> None:
+    """Latency the gateway (and a bare proxy) adds per request at low load."""
+    from lengthwise.bench.overhead import measure_overhead
+    from lengthwise.worker.process import worker_for
+
+    with worker_for(worker, model, say=typer.echo) as (url, name):
+        measure_overhead(url, name, output, samples, proxy_floor, log=typer.echo)
+
+
+@app.command()
+def soak(
+    worker: Worker = None,
+    model: Model = None,
+    duration_s: float = typer.Option(1800.0, help="Soak length in seconds."),
+    load_fraction: float = typer.Option(0.8, help="Offered load as a fraction of capacity."),
+    calibrate_s: float = typer.Option(60.0, help="Capacity calibration length."),
+    max_tokens: int = typer.Option(64, help="max_tokens of every request."),
+    max_sequences: int = typer.Option(8, help="Gateway admission limit per worker."),
+    output: Output = Path("reports/soak.json"),
+) -> None:
+    """The gateway at 80% of capacity for a long time: errors and the RSS slope."""
+    from lengthwise.bench.soak import SoakSettings, run_soak
+    from lengthwise.worker.process import worker_for
+
+    s = SoakSettings(duration_s=duration_s, load_fraction=load_fraction,
+                     calibrate_s=calibrate_s, max_tokens=max_tokens,
+                     max_sequences_per_worker=max_sequences)
+    with worker_for(worker, model, say=typer.echo) as (url, name):
+        run_soak(url, name, s, output, log=typer.echo)
+
+
+@app.command()
+def online(
+    profile: Path = typer.Argument(..., help="Profile run folder of the served model."),
+    mode: str = typer.Option("replay", help="replay (no worker) or live (gateway + worker)."),
+    worker: Worker = None,
+    requests: int = typer.Option(1000, min=10),
+    window: int = typer.Option(200, min=10, help="Requests per rolling window."),
+    refit_every: int = typer.Option(100, min=10),
+    rate: float = typer.Option(1.0, help="live: Poisson arrivals per second."),
+    max_tokens: int = typer.Option(256, help="live: max_tokens of every request."),
+    seed: int = typer.Option(0),
+    seeds: int = typer.Option(5, min=1, help="replay: streams seed, seed+1, ..."),
+    output: Output = Path("reports/online_learning.json"),
+) -> None:
+    """Online learning from a cold start: rolling tau (and sjf latency, live)."""
+    from lengthwise.bench.online_learning import live as live_run
+    from lengthwise.bench.online_learning import replay, write_report
+    from lengthwise.worker.process import worker_for
+
+    if mode == "replay":
+        report = replay(profile, requests, window, range(seed, seed + seeds), refit_every)
+    elif mode == "live":
+        with worker_for(worker, None, say=typer.echo) as (url, _name):
+            report = live_run(profile, url, requests, window, rate, max_tokens, seed,
+                              refit_every)
+    else:
+        raise typer.BadParameter("--mode is replay or live")
+    path = write_report(report, output)
+    _echo_json({k: v for k, v in report.items() if k != "arms"})
+    typer.echo(f"wrote {path}")
+
+
+# --- EDT sampling --------------------------------------------------------------------
+
+
+@app.command("edt-quality")
+def edt_quality(
+    worker: Worker = None,
+    model: Model = None,
+    per_category: int = typer.Option(13, help="Prompts per Dolly category (3 categories)."),
+    samples: int = typer.Option(4, help="Samples per prompt (k >= 2 for Self-BLEU)."),
+    max_tokens: int = typer.Option(200),
+    concurrency: int = typer.Option(48, help="Requests in flight (each asks for n=samples)."),
+    fixed: str = typer.Option("0.3,0.7,1.0,1.3", help="Fixed temperatures."),
+    edt_t0: str = typer.Option("1.0,1.3", help="EDT base temperatures T0."),
+    edt_theta: str = typer.Option("0.5,1.5", help="EDT theta values."),
+    edt_n: float = typer.Option(0.8, help="EDT base N."),
+    seed: int = typer.Option(0),
+    output: Output = Path("reports/edt_quality.json"),
+    plot: bool = typer.Option(True, help="Write the PNG plot beside the report."),
+) -> None:
+    """Quality (ROUGE-L), diversity (Self-BLEU) and length of EDT vs fixed temperature."""
+    from lengthwise.bench.edt_quality import build_grid, evaluate, write_report
+    from lengthwise.worker.process import worker_for
+
+    if samples < 2:
+        raise typer.BadParameter("--samples must be at least 2 for Self-BLEU")
+    grid = build_grid(_floats(fixed), _floats(edt_t0), _floats(edt_theta), edt_n)
+    png_path = output.with_suffix(".png") if plot else None
+    with worker_for(worker, model, say=typer.echo) as (url, served):
+        output.parent.mkdir(parents=True, exist_ok=True)
+        report = evaluate(url, served, grid, per_category, samples, max_tokens, concurrency,
+                          seed, progress=typer.echo, partial_path=output)
+    write_report(report, output, png_path)
+    typer.echo(f"best fixed: {report['best_fixed']}; best EDT: {report['best_edt']}; "
+               f"Pareto front: {', '.join(report['pareto_front'])}")
+    typer.echo(f"wrote {output}" + (f" and {png_path}" if png_path else ""))
+
+
+@app.command("edt-cost")
+def edt_cost(
+    worker: Worker = None,
+    model: Model = None,
+    requests: int = typer.Option(48, help="Requests per run."),
+    max_tokens: int = typer.Option(128, help="Tokens per request (ignore_eos)."),
+    concurrency: int = typer.Option(32),
+    rounds: int = typer.Option(2, help="ABBA rounds (fixed, EDT, EDT, fixed)."),
+    theta: float = typer.Option(1.0),
+    output: Output = Path("reports/edt_cost.json"),
+) -> None:
+    """Tokens/s with EDT on every request vs the same requests at fixed temperature."""
+    from lengthwise.bench.edt_cost import CostConfig, run_cost_benchmark
+    from lengthwise.common.files import write_json_report
+    from lengthwise.worker.process import worker_for
+
+    cfg = CostConfig(requests=requests, max_tokens=max_tokens, concurrency=concurrency,
+                     rounds=rounds, theta=theta)
+    with worker_for(worker, model, say=typer.echo) as (url, served):
+        report = run_cost_benchmark(url, served, cfg, progress=typer.echo)
+    write_json_report(output, report)
+    typer.echo(f"fixed {report['fixed_tok_s']} tok/s, EDT {report['edt_tok_s']} tok/s, "
+               f"ratio {report['ratio']} (target >= {report['target_ratio']}); wrote {output}")
+
+
+# --- ordering: what any predictor could buy ----------------------------------------
+
+
+@app.command()
+def ceiling(
+    worker: Annotated[str | None, typer.Option(
+        "--worker", help="The worker to sample answers from (the bench worker).")] = None,
+    requests: int = typer.Option(96, help="Prompts in the burst."),
+    max_tokens: int = typer.Option(256),
+    samples: int = typer.Option(6, help="Answers sampled per prompt (>= 2)."),
+    concurrency: int = typer.Option(16),
+    admissions: str = typer.Option("16,8,4", help="Gateway admission limits to replay."),
+    cost_model: Path = typer.Option(Path("reports/sim_calibration_cpu.json"),
+                                    help="The worker's calibrated cost model."),
+    castillo: str | None = typer.Option(
+        None, help="Rank CASTILLO's held-out answers of this model (e.g. Llama-3.1-8B) on "
+        "the simulated GPU instead of sampling a worker."),
+    from_samples: Path | None = typer.Option(
+        None, help="Reuse the answers of an earlier report instead of sampling."),
+    output: Output = Path("reports/sjf_ceiling.json"),
+) -> None:
+    """The best mean E2E any request-only predictor could reach on the bench's bursts."""
+    from lengthwise.bench.ceiling_samples import run_ceiling
+
+    if samples < 2:
+        raise typer.BadParameter("--samples must be at least 2 (the prompt mean leaves one out)")
+    run_ceiling(worker=worker, output=output, requests=requests, max_tokens=max_tokens,
+                samples_per_prompt=samples, concurrency=concurrency,
+                admissions=_ints(admissions), cost_model=cost_model, castillo=castillo,
+                from_samples=from_samples)
+    typer.echo(f"wrote {output}")
+
+
+# --- simulator -----------------------------------------------------------------------
+
+
+@app.command("sim-speed")
+def sim_speed(
+    trace: Path | None = typer.Option(None, help="Default: the shared azure2023_conv.csv."),
+    cost_model: Path | None = typer.Option(None, help="Default: the RTX PRO 6000 tables."),
+    num_layers: int = typer.Option(32),
+    kv_cache_tokens: int = typer.Option(520_000),
+    output: Output = Path("reports/sim_speed.json"),
+) -> None:
+    """Replay the whole Azure 2023 conv trace on one simulated worker: wall and CPU time."""
+    from lengthwise.bench.sim_study import speed_benchmark
+    from lengthwise.common.files import write_json_report
+    from lengthwise.common.paths import shared_dir
+    from simulator.latency import RTX_PRO_6000_TABLES, load_cost_model
+    from simulator.replica import EngineConfig
+
+    trace = trace or shared_dir() / "traces" / "azure2023_conv.csv"
+    latency = load_cost_model(cost_model or shared_dir() / RTX_PRO_6000_TABLES, num_layers)
+    engine = EngineConfig(256, 2048, kv_cache_tokens, 16)
+    report = speed_benchmark(trace, latency, engine)
+    report["engine"] = {"max_num_seqs": 256, "max_num_batched_tokens": 2048,
+                        "kv_cache_tokens": kv_cache_tokens, "block_size": 16}
+    write_json_report(output, report)
+    _echo_json({k: v for k, v in report.items() if k != "summary"})
+
+
+@app.command()
+def study(
+    cost_model: Path | None = typer.Option(None, help="Default: the RTX PRO 6000 tables."),
+    num_layers: int = typer.Option(32),
+    castillo_model: str = typer.Option("Llama-3.1-8B", help="CASTILLO rows of the costed LLM."),
+    loads: str = typer.Option("0.5,0.6,0.7,0.8,0.9,0.95"),
+    num_requests: int = typer.Option(2000),
+    seeds: str = typer.Option("0,1,2"),
+    admission_caps: str = typer.Option(
+        "none,32", help="Per-worker admission limits to compare; 'none' = plain vLLM."),
+    max_num_seqs: int = typer.Option(256),
+    max_num_batched_tokens: int = typer.Option(2048),
+    kv_cache_tokens: int = typer.Option(520_000),
+    output: Output = Path("reports/sim_castillo_study.json"),
+) -> None:
+    """fcfs vs sjf (trained predictor) vs the oracle on CASTILLO at loads 0.5-0.95."""
+    import time
+
+    from lengthwise.bench.sim_study import castillo_study, plot_study
+    from lengthwise.common.files import write_json_report
+    from lengthwise.common.paths import shared_dir
+    from predictor.api import load_default_predictor
+    from simulator.latency import RTX_PRO_6000_TABLES, load_cost_model
+    from simulator.replica import EngineConfig
+
+    latency = load_cost_model(cost_model or shared_dir() / RTX_PRO_6000_TABLES, num_layers)
+    engine = EngineConfig(max_num_seqs, max_num_batched_tokens, kv_cache_tokens, 16)
+    caps = [None if c.strip().lower() == "none" else int(c) for c in admission_caps.split(",")]
+    predictor = load_default_predictor()
+    t0 = time.perf_counter()
+    report = castillo_study(
+        latency, engine, predictor, model_filter=castillo_model, loads=_floats(loads),
+        num_requests=num_requests, seeds=_ints(seeds), admission_caps=caps,
+        progress=lambda line: typer.echo(line, err=True),
+    )
+    report["predictor_version"] = getattr(predictor, "version", None)
+    report["wall_s"] = time.perf_counter() - t0
+    write_json_report(output, report)
+    plot_study(report, output.with_suffix(".png"))
+    _echo_json({k: v["mean_over_seeds"] for k, v in report["deployments"].items()})
+
+
+# --- predictor -----------------------------------------------------------------------
+
+
+@app.command()
+def ablation(
+    data: Path | None = typer.Option(None, help="CASTILLO file or folder (default: shared)."),
+    minilm: bool = typer.Option(True, help="Include the MiniLM feature set ('embeddings' extra)."),
+    latency_requests: int = typer.Option(300),
+    output: Output = Path("reports/predictor_feature_ablation.json"),
+) -> None:
+    """What each text feature set buys (tau, MAE, latency) on the held-out prompts."""
+    from lengthwise.bench.ablation import run_ablation
+
+    report = run_ablation(data, include_minilm=minilm, latency_requests=latency_requests,
+                          write_to=output)
+    _echo_json(report["summary"])

@@ -1,0 +1,93 @@
+"""``lengthwise serve``: run the gateway (and, with no workers configured, one local vLLM worker)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(no_args_is_help=False, add_completion=False)
+
+
+@app.command()
+def serve(
+    host: str | None = typer.Option(None, help="Listen address (default 127.0.0.1)."),
+    port: int | None = typer.Option(None, help="Listen port (default 8000)."),
+    worker: list[str] | None = typer.Option(
+        None, "--worker", help="Base URL of a running vLLM server; repeat for several. "
+        "Without any (here, in the config file or LENGTHWISE_WORKERS), a local vLLM CPU "
+        "worker serving SmolLM2-135M-Instruct is started.",
+    ),
+    config: Path | None = typer.Option(
+        None, "--config", exists=True, dir_okay=False,
+        help="Settings file (YAML, TOML or JSON); env LENGTHWISE_* and flags override it.",
+    ),
+    policy: str | None = typer.Option(None, help="fcfs, sjf or sjf-aged."),
+    max_sequences_per_worker: int | None = typer.Option(
+        None, help="Admission limit: in-flight requests per worker."
+    ),
+    queue_capacity: int | None = typer.Option(None, help="Requests the queue holds."),
+    api_key: list[str] | None = typer.Option(
+        None, "--api-key", help="Accepted API key; repeat for several (default: none needed)."
+    ),
+    request_log: Path | None = typer.Option(None, help="JSON Lines request log path."),
+    predictor_dir: Path | None = typer.Option(None, help="Trained predictor folder."),
+    worker_port: int = typer.Option(0, help="Port of the local vLLM worker (0: a free one)."),
+    log_level: str = typer.Option("info", help="Gateway log level."),
+    help_config: bool = typer.Option(False, "--help-config", help="List every setting and exit."),
+) -> None:
+    """Serve the OpenAI-compatible gateway."""
+    import logging
+
+    from server.app import create_app, default_predictor
+    from server.config import describe_settings, load_config
+    from server.shutdown import serve_app
+
+    if help_config:
+        typer.echo(describe_settings())
+        raise typer.Exit(0)
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    overrides = {
+        "host": host, "port": port, "workers": worker or None, "policy": policy,
+        "max_sequences_per_worker": max_sequences_per_worker, "queue_capacity": queue_capacity,
+        "api_keys": api_key or None, "request_log_path": request_log,
+        "predictor_dir": predictor_dir,
+    }
+    cfg = load_config(config, overrides)
+    local_worker = None
+    if not cfg.workers and not cfg.worker_dns_name:
+        local_worker = _start_local_worker(worker_port)
+        cfg = cfg.model_copy(update={"workers": [local_worker.base_url]})
+    try:
+        typer.echo("Loading the length predictor ...")
+        predictor = default_predictor(cfg)
+        application = create_app(cfg, predictor=predictor)
+        base = f"http://{cfg.host}:{cfg.port}/v1"
+        typer.echo(f"Lengthwise gateway on {base}  (policy {cfg.policy.value}, "
+                   f"workers: {', '.join(cfg.workers) or cfg.worker_dns_name})")
+        typer.echo(f"Point an OpenAI client at it:  OpenAI(base_url=\"{base}\", "
+                   f"api_key={'<one of your keys>' if cfg.api_keys else 'any string'!r})")
+        if local_worker is not None:
+            from lengthwise.worker.local_model import SERVED_MODEL_NAME
+
+            typer.echo(f"Model: {SERVED_MODEL_NAME}")
+        # SIGTERM drains (503 to new requests, in-flight ones finish), then exits 0.
+        serve_app(application, cfg, log_level=log_level)
+    finally:
+        if local_worker is not None:
+            typer.echo("Stopping the local vLLM worker ...")
+            local_worker.stop()
+
+
+def _start_local_worker(port: int):
+    from lengthwise.worker.local_model import prepare_local_model
+    from lengthwise.worker.process import WorkerConfig, WorkerProcess, free_port
+
+    typer.echo("No workers configured: preparing SmolLM2-135M-Instruct (once) ...")
+    model = prepare_local_model()
+    worker = WorkerProcess(WorkerConfig(model_path=model.path, port=port or free_port(),
+                                        edt_metrics_port=free_port()))
+    typer.echo(f"Starting a local vLLM CPU worker on {worker.base_url} (about a minute); "
+               f"EDT temperature metrics at {worker.config.edt_metrics_url} ...")
+    worker.start()
+    return worker
