@@ -10,19 +10,15 @@ import warnings
 
 import numpy as np
 import pandas as pd
-from scipy.stats import kendalltau
 
+from lengthwise.common.rank import kendall_tau
 from predictor.baselines import Baselines
 from predictor.train import sample_matrix
 
 LATENCY_REQUESTS = 500
 
 
-def _tau(a: np.ndarray, b: np.ndarray) -> float:
-    if len(a) < 2:
-        return float("nan")
-    value = kendalltau(a, b).statistic
-    return float(value) if not math.isnan(value) else float("nan")
+_tau = kendall_tau
 
 
 def single_sample_choice(frame: pd.DataFrame) -> np.ndarray:

@@ -168,8 +168,8 @@ def train_length_model(frame: pd.DataFrame, feature_config: FeatureConfig | None
 
 
 def _rank_metrics(mean: np.ndarray, frame: pd.DataFrame) -> dict:
-    from scipy.stats import kendalltau
+    from lengthwise.common.rank import kendall_tau
 
     truth = frame["output_mean"].to_numpy(float)
-    return {"kendall_tau_mean": float(kendalltau(mean, truth).statistic),
+    return {"kendall_tau_mean": kendall_tau(mean, truth),
             "mae_tokens": float(np.mean(np.abs(mean - truth)))}

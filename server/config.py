@@ -66,11 +66,11 @@ class GatewayConfig(BaseSettings):
     """How often each worker's vLLM ``/metrics`` is scraped (KV-cache usage)."""
 
     # --- scheduling ------------------------------------------------------------
-    policy: PolicyName = PolicyName.SJF_AGED
+    policy: PolicyName = PolicyConfig().name
     """Queue order: ``fcfs``, ``sjf`` (no aging) or ``sjf-aged`` (size-relative aging)."""
-    point_estimate: PointEstimate = PointEstimate.MEAN
+    point_estimate: PointEstimate = PolicyConfig().point_estimate
     """Which number of the length prediction ranks requests: ``mean``, ``p50`` or ``p90``."""
-    aging_s_per_token: float = Field(0.05, gt=0)
+    aging_s_per_token: float = Field(PolicyConfig().aging_s_per_token, gt=0)
     """``sjf-aged``: seconds of waiting a request may accrue per predicted token before no
     later arrival can overtake it (see ``server.policy`` for the worst-case wait)."""
     max_sequences_per_worker: int | None = Field(16, ge=1)

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from lengthwise.common.rank import kendall_tau
 from predictor.lexical import lexical_features
 from predictor.prompt_text import clip_text, render_prompt
 from predictor.types import LengthPrediction, LengthPredictor, PromptOrMessages
@@ -252,7 +253,6 @@ def fit_calibrator(learner: OnlineLearningPredictor, model: str, observations: l
     """Fits on the older observations, validates on the newest; accepted if it orders them
     better than the current predictions do."""
     import lightgbm
-    from scipy.stats import kendalltau
 
     texts = [o.text for o in observations]
     base_preds, text_rows = learner.base_predictions(texts, [model] * len(texts),
@@ -279,8 +279,8 @@ def fit_calibrator(learner: OnlineLearningPredictor, model: str, observations: l
         old_pred = np.array([p.mean for p in base_preds[-n_valid:]])
 
     def tau(pred: np.ndarray) -> float:
-        value = kendalltau(pred, valid_y).statistic
-        return -1.0 if math.isnan(value) else float(value)
+        value = kendall_tau(pred, valid_y)
+        return -1.0 if math.isnan(value) else value
 
     new_tau, old_tau = tau(new_pred), tau(old_pred)
     accepted = new_tau > old_tau
@@ -298,13 +298,10 @@ def rolling_figures(window: list[tuple[float, float]]) -> tuple[float, float]:
     """(Kendall tau of served prediction vs actual, median predicted/actual) over the window."""
     if len(window) < 3:
         return math.nan, math.nan
-    from scipy.stats import kendalltau
-
     pred = np.array([w[0] for w in window])
     actual = np.array([w[1] for w in window])
-    tau = kendalltau(pred, actual).statistic
     ratio = np.median(pred / np.maximum(actual, 1.0))
-    return (float(tau) if not math.isnan(tau) else math.nan), float(ratio)
+    return kendall_tau(pred, actual), float(ratio)
 
 
 def _rescaled(pred: LengthPrediction, mean: float, cap: int | None) -> LengthPrediction:

@@ -17,6 +17,8 @@ from typing import Annotated
 import typer
 from typer.core import TyperGroup
 
+from server.policy import PolicyConfig
+
 
 class _DefaultRunGroup(TyperGroup):
     """Makes ``lengthwise simulate TRACE …`` mean ``lengthwise simulate run TRACE …``."""
@@ -91,7 +93,7 @@ def run(
     policy: Annotated[PolicyChoice, typer.Option()] = PolicyChoice.FCFS,
     engine_queue: Annotated[EngineQueueChoice, typer.Option(
         help="vLLM --scheduling-policy; auto = fcfs for --policy fcfs, else priority")] = EngineQueueChoice.AUTO,
-    aging_s_per_token: Annotated[float, typer.Option()] = 0.05,
+    aging_s_per_token: Annotated[float, typer.Option()] = PolicyConfig().aging_s_per_token,
     point_estimate: Annotated[str, typer.Option(help="mean, p50 or p90")] = "mean",
     prediction_source: Annotated[PredictionChoice, typer.Option()] = PredictionChoice.AUTO,
     noise_sigma: Annotated[float, typer.Option(help="oracle-noise: log-normal sigma")] = 0.5,

@@ -133,7 +133,7 @@ class LiveSetup:
     max_model_len: int
     #: the gateway's ``--max-sequences-per-worker`` (``bench live --max-sequences``)
     admission_max_sequences: int | None
-    aging_s_per_token: float
+    aging_s_per_token: float = PolicyConfig().aging_s_per_token
     point_estimate: PointEstimate = PointEstimate.MEAN
     client_arrivals: ClientArrivals = ClientArrivals.BURST
     overhead: RequestOverhead = field(default_factory=RequestOverhead)

@@ -23,7 +23,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from scipy.stats import kendalltau
+from lengthwise.common.rank import kendall_tau
 
 from server.policy import PolicyName
 
@@ -81,7 +81,7 @@ def burst_requests(
 def kendall_tau_vs_answer(requests: Sequence[RankedRequest]) -> dict[str, float]:
     """How well each request-only ranking orders the answers actually drawn."""
     actual = [r.length for r in requests]
-    return {src: float(kendalltau([r.ranking[src] for r in requests], actual).statistic)
+    return {src: kendall_tau([r.ranking[src] for r in requests], actual)
             for src in ("predictor", "prompt_mean")}
 
 

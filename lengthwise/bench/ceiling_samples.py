@@ -127,7 +127,7 @@ def _castillo_setup() -> tuple[LiveSetup, object, str]:
     tables = shared_dir() / RTX_PRO_6000_TABLES
     engine = EngineConfig(256, 2048, 520_000, 16, EngineQueueMode.PRIORITY)
     setup = LiveSetup(engine=engine, max_model_len=32_768, admission_max_sequences=None,
-                      aging_s_per_token=0.05, client_arrivals=ClientArrivals.BURST)
+                      client_arrivals=ClientArrivals.BURST)
     return setup, load_cost_model(tables, 32), str(tables)
 
 

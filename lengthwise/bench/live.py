@@ -28,6 +28,7 @@ from lengthwise.common.files import write_json_report
 from lengthwise.bench.gateway_process import NO_TIMEOUTS, GatewayProcess
 from lengthwise.common.paths import shared_dir
 from lengthwise.worker.process import free_port
+from server.policy import PolicyConfig
 
 ARMS = ("vllm_direct", "gateway_fcfs", "gateway_sjf")
 
@@ -46,7 +47,7 @@ class Workload:
     max_sequences_per_worker: int = 4
     #: the gateway's sjf arm uses this policy (sjf-aged with the default aging)
     sjf_policy: str = "sjf-aged"
-    aging_s_per_token: float = 0.05
+    aging_s_per_token: float = PolicyConfig().aging_s_per_token
     point_estimate: str = "mean"
 
 
@@ -295,13 +296,15 @@ def _prediction_quality(results: list[RequestResult]) -> dict[str, float | None]
              if r.ok and r.predicted_tokens is not None]
     if len(pairs) < 3:
         return {"pairs": len(pairs), "spearman": None}
-    from scipy.stats import kendalltau, spearmanr
+    from scipy.stats import spearmanr
+
+    from lengthwise.common.rank import finite_or_none, kendall_tau
 
     pred, actual = zip(*pairs)
     return {
         "pairs": len(pairs),
         "spearman": float(spearmanr(pred, actual).statistic),
-        "kendall_tau": float(kendalltau(pred, actual).statistic),
+        "kendall_tau": finite_or_none(kendall_tau(pred, actual)),
         "mae_tokens": statistics.fmean(abs(p - a) for p, a in pairs),
         "actual_mean_tokens": statistics.fmean(actual),
     }

@@ -32,6 +32,7 @@ import pandas as pd
 
 from lengthwise.common.files import write_json_report
 from lengthwise.common.paths import REPO_ROOT
+from lengthwise.common.rank import finite_or_none, kendall_tau
 
 CHECKPOINTS = (200, 500, 1000)
 BENCH_SALT = "lengthwise-served-model-split"  # the served-model evaluation's split
@@ -100,11 +101,8 @@ def simulated_window_latency(items: list[StreamItem], predictions: dict[str, np.
 
 def _window_figures(pred: np.ndarray, actual: np.ndarray,
                     expected: np.ndarray | None = None) -> dict:
-    from scipy.stats import kendalltau
-
     def tau(truth: np.ndarray) -> float | None:
-        value = kendalltau(pred, truth).statistic
-        return None if math.isnan(value) else float(value)
+        return finite_or_none(kendall_tau(pred, truth))
 
     out = {"kendall_tau": tau(actual),
            "mae_tokens": float(np.mean(np.abs(pred - actual))),

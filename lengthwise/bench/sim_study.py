@@ -134,11 +134,11 @@ def castillo_study(
 
 
 def _rank_quality(requests, preds) -> dict:
-    from scipy.stats import kendalltau
+    from lengthwise.common.rank import kendall_tau
 
-    tau = kendalltau([r.output_tokens for r in requests], preds).statistic
+    tau = kendall_tau(preds, [r.output_tokens for r in requests])
     mae = statistics.fmean(abs(r.output_tokens - p) for r, p in zip(requests, preds))
-    return {"kendall_tau_vs_drawn_length": float(tau), "mae_tokens": mae}
+    return {"kendall_tau_vs_drawn_length": tau, "mae_tokens": mae}
 
 
 def _mean_over_seeds(reports: list[dict], loads: Sequence[float]) -> dict:
