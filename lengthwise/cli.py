@@ -5,10 +5,10 @@ from __future__ import annotations
 import typer
 
 from lengthwise.bench.cli import app as bench_app
+from lengthwise.serve import serve as serve_command
 from lengthwise.worker.cli import worker as worker_command
 from predictor.cli import app as predictor_app
 from predictor.profiling.cli import app as profile_app
-from lengthwise.serve import serve as serve_command
 from simulator.cli import app as simulate_app
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)

@@ -57,7 +57,10 @@ def serve(
     local_worker = None
     if not cfg.workers and not cfg.worker_dns_name:
         local_worker = _start_local_worker(worker_port)
-        cfg = cfg.model_copy(update={"workers": [local_worker.base_url]})
+        # The gateway knows its own worker's slots; a remote engine's are learned.
+        cfg = cfg.model_copy(update={
+            "workers": [local_worker.base_url],
+            "worker_max_num_seqs": cfg.worker_max_num_seqs or local_worker.config.max_num_seqs})
     try:
         typer.echo("Loading the length predictor ...")
         predictor = default_predictor(cfg)

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from predictor.errors import CastilloDataError
 from lengthwise.common.paths import shared_dir
+from predictor.errors import CastilloDataError
 
 HUB_DATASET = "danfperam/castillo"
 HUB_CONFIGS = ("sanitized", "original", "degenerate")

@@ -42,3 +42,10 @@ class LengthPredictor(Protocol):
         max_tokens: Sequence[int | None] | None = None,
         samplings: Sequence[dict | None] | None = None,
     ) -> list[LengthPrediction]: ...
+
+
+class LengthFeedback(Protocol):
+    """Takes each served request's true length (online learning of the served model)."""
+
+    def observe(self, model: str, prompt: PromptOrMessages | None, served_prediction: float,
+                actual_per_choice: float, cap: int | None = None) -> None: ...

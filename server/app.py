@@ -30,12 +30,12 @@ from server.backends import (
 from server.completions import CompletionService
 from server.config import GatewayConfig
 from server.dispatcher import Dispatcher
-from server.engine_stats import EngineStats, EngineStatsPoller
+from server.engine_stats import EngineStats, EngineStatsPoller, learn_engine_view
 from server.errors import install_error_handlers
 from server.fast_lane import CompletionFastLane
 from server.metrics import GatewayMetrics
 from server.online_learning import wrap_for_online_learning
-from server.policy import make_policy
+from server.policy import EngineView, make_policy
 from server.proxy import upstream_session
 from server.rate_limit import RateLimiter
 from server.request_log import RequestLog
@@ -87,9 +87,10 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         length_predictor = predictor if predictor is not None else predictor_factory(cfg)
         metrics = GatewayMetrics(registry if registry is not None else CollectorRegistry())
-        length_predictor = wrap_for_online_learning(
+        length_predictor, learner = wrap_for_online_learning(
             length_predictor, cfg.online_learning, cfg.online_learning_settings, metrics.registry)
-        pool = WorkerPool(unhealthy_after_failures=cfg.unhealthy_after_failures)
+        pool = WorkerPool(unhealthy_after_failures=cfg.unhealthy_after_failures,
+                          engine_default=EngineView(max_running=cfg.worker_max_num_seqs))
         dispatcher = Dispatcher(
             make_policy(cfg.policy_config), pool, cfg.admission_limits,
             queue_capacity=cfg.queue_capacity, queue_timeout_s=cfg.queue_timeout_s, clock=clock,
@@ -112,6 +113,10 @@ def create_app(
         def on_stats(url: str, stats: EngineStats) -> None:
             if stats.kv_cache_usage is not None:
                 metrics.kv_cache_usage.labels(url).set(stats.kv_cache_usage)
+            worker = pool.workers.get(url)
+            if worker is not None:
+                pool.observe_engine(url, learn_engine_view(worker.engine, stats,
+                                                           cfg.worker_max_num_seqs))
 
         stats_poller = EngineStatsPoller(
             client, lambda: list(pool.workers), on_stats, cfg.engine_stats_interval_s,
@@ -119,7 +124,7 @@ def create_app(
         )
         service = CompletionService(
             cfg, dispatcher, pool, client, session, length_predictor, metrics, request_log,
-            clock,
+            learner, clock,
         )
         app.state.rate_limiter = RateLimiter(
             cfg.rate_limit_requests_per_min, cfg.rate_limit_tokens_per_min, clock)

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from server.generation_probe import probe_generation
-from server.policy import WorkerLoad
+from server.policy import EngineView, QueuedRequest, WorkerLoad, predicted_size
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,10 @@ class Worker:
     healthy: bool = False
     in_flight_sequences: int = 0
     in_flight_predicted_tokens: float = 0.0
+    in_flight_kv_tokens: float = 0.0
     models: frozenset[str] = frozenset()
+    #: what the engine reports of its capacity (``server.engine_stats.learn_engine_view``)
+    engine: EngineView = field(default_factory=EngineView)
     #: the worker's own ``/v1/models`` entries, re-served by the gateway
     model_cards: tuple[dict, ...] = ()
     consecutive_failures: int = 0
@@ -50,7 +53,16 @@ class Worker:
             self.healthy and self.listed,
             self.in_flight_sequences,
             self.in_flight_predicted_tokens,
+            self.in_flight_kv_tokens,
+            # before the first probe the served models are unknown, not "none"
+            self.models if self.model_cards else None,
+            self.engine,
         )
+
+    def _set(self, load: WorkerLoad) -> None:
+        self.in_flight_sequences = load.in_flight_sequences
+        self.in_flight_predicted_tokens = load.in_flight_predicted_tokens
+        self.in_flight_kv_tokens = load.in_flight_kv_tokens
 
 
 @dataclass
@@ -58,13 +70,15 @@ class WorkerPool:
     on_change: Callable[[], None] = lambda: None
     unhealthy_after_failures: int = 1
     workers: dict[str, Worker] = field(default_factory=dict)
+    #: what is known of a newly discovered worker's engine before it reports anything
+    engine_default: EngineView = field(default_factory=EngineView)
 
     def set_urls(self, urls: Iterable[str]) -> None:
         wanted = {u.rstrip("/") for u in urls}
         for url in wanted:
             worker = self.workers.get(url)
             if worker is None:
-                self.workers[url] = Worker(url)
+                self.workers[url] = Worker(url, engine=self.engine_default)
             else:
                 worker.listed = True
         for url, worker in list(self.workers.items()):
@@ -77,6 +91,9 @@ class WorkerPool:
     def loads(self) -> list[WorkerLoad]:
         return [w.load() for w in self.workers.values()]
 
+    def load_map(self) -> dict[str, WorkerLoad]:
+        return {url: w.load() for url, w in self.workers.items()}
+
     def healthy_ids(self) -> set[str]:
         return {w.url for w in self.workers.values() if w.healthy and w.listed}
 
@@ -87,29 +104,35 @@ class WorkerPool:
                 models |= w.models
         return frozenset(models)
 
-    def reserve(self, url: str, predicted_tokens: float) -> None:
+    def reserve(self, url: str, request: QueuedRequest) -> None:
         w = self.workers[url]
-        w.in_flight_sequences += 1
-        w.in_flight_predicted_tokens += predicted_tokens
+        w._set(w.load().plus(request))
 
-    def adjust(self, url: str, predicted_tokens_delta: float) -> None:
+    def swap(self, url: str, old: QueuedRequest, new: QueuedRequest) -> None:
+        """Replace a request's provisional sizes by its real prediction (in flight)."""
         w = self.workers.get(url)
-        if w is not None and w.in_flight_sequences > 0:
-            w.in_flight_predicted_tokens += predicted_tokens_delta
+        if w is None or w.in_flight_sequences == 0:
+            return
+        w.in_flight_predicted_tokens = max(0.0, w.in_flight_predicted_tokens
+                                           - predicted_size(old.predicted_tokens)
+                                           + predicted_size(new.predicted_tokens))
+        w.in_flight_kv_tokens = max(0.0, w.in_flight_kv_tokens - old.kv_tokens + new.kv_tokens)
 
-    def release(self, url: str, predicted_tokens: float) -> None:
+    def release(self, url: str, request: QueuedRequest) -> None:
         w = self.workers.get(url)
         if w is None:
             return
-        w.in_flight_sequences -= 1
-        w.in_flight_predicted_tokens -= predicted_tokens
-        if w.in_flight_sequences <= 0:
-            # Float sums drift; an idle worker has exactly no work.
-            w.in_flight_sequences = 0
-            w.in_flight_predicted_tokens = 0.0
-            if not w.listed:
-                del self.workers[url]
+        w._set(w.load().minus(request))
+        if w.in_flight_sequences == 0 and not w.listed:
+            del self.workers[url]
         self.on_change()
+
+    def observe_engine(self, url: str, engine: EngineView) -> None:
+        """What the worker's engine reported; more room may let queued requests go."""
+        w = self.workers.get(url)
+        if w is not None and w.engine != engine:
+            w.engine = engine
+            self.on_change()
 
     def report_failure(self, url: str, reason: str, *, immediate: bool = False) -> None:
         w = self.workers.get(url)

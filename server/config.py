@@ -62,8 +62,9 @@ class GatewayConfig(BaseSettings):
     unhealthy_after_failures: int = Field(1, ge=1)
     """Consecutive failed probes that take a worker out of rotation. A connection
     error or timeout on a real request takes it out at once; one good probe puts it back."""
-    engine_stats_interval_s: float = Field(5.0, gt=0)
-    """How often each worker's vLLM ``/metrics`` is scraped (KV-cache usage)."""
+    engine_stats_interval_s: float = Field(2.0, gt=0)
+    """How often each worker's vLLM ``/metrics`` is scraped (KV-cache size and usage, the
+    running and waiting counts admission learns the engine's slots from)."""
 
     # --- scheduling ------------------------------------------------------------
     policy: PolicyName = PolicyConfig().name
@@ -73,12 +74,33 @@ class GatewayConfig(BaseSettings):
     aging_s_per_token: float = Field(PolicyConfig().aging_s_per_token, gt=0)
     """``sjf-aged``: seconds of waiting a request may accrue per predicted token before no
     later arrival can overtake it (see ``server.policy`` for the worst-case wait)."""
-    max_sequences_per_worker: int | None = Field(16, ge=1)
-    """Admission limit: requests in flight per worker (``None``: unlimited). Requests beyond
-    it wait in the gateway's queue, where the policy's order applies."""
-    max_predicted_tokens_per_worker: float | None = Field(None, gt=0)
-    """Admission limit: sum of predicted completion tokens in flight per worker (``None``:
-    unlimited)."""
+    follow_engine: bool = AdmissionLimits().follow_engine
+    """Admission follows each worker's engine: requests go straight through while the
+    engine has room (its running slots, learned from vLLM's ``/metrics`` or set with
+    ``worker_max_num_seqs``, plus ``engine_queue``, and its KV cache, see ``kv_budget``);
+    only the excess waits in the gateway's queue, in policy order. ``false``: only the
+    hand-set caps below limit admission."""
+    engine_queue: int = Field(AdmissionLimits().engine_queue, ge=0)
+    """Requests per worker allowed to wait inside vLLM's own (priority-ordered) queue beyond
+    its running slots, so a slot that frees is refilled within the engine's step."""
+    kv_budget: float | None = Field(AdmissionLimits().kv_budget, gt=0)
+    """Fraction of a worker's KV cache (vLLM's ``cache_config_info``) that the predicted
+    footprint in flight (prompt + p90 output per request) may fill; above 1 overcommits,
+    as requests free their blocks at different times. ``None``: KV is not counted."""
+    worker_max_num_seqs: int | None = Field(None, ge=1)
+    """The workers' ``--max-num-seqs``, when known (``lengthwise serve`` sets it for its
+    local worker). vLLM does not export it, so otherwise the gateway learns it from the
+    running count whenever requests wait."""
+    max_sequences_per_worker: int | None = Field(AdmissionLimits().max_sequences, ge=1)
+    """Hand-set cap: requests in flight per worker (``None``: no cap). Holding the engine's
+    batch below what it can run costs throughput; kept for research comparisons."""
+    max_predicted_tokens_per_worker: float | None = Field(
+        AdmissionLimits().max_predicted_tokens, gt=0)
+    """Hand-set cap: sum of predicted completion tokens in flight per worker (``None``: no
+    cap)."""
+    prompt_token_weight: float = Field(PolicyConfig().prompt_token_weight, ge=0)
+    """What one prompt token counts for in a request's size, in output tokens (its prefill
+    time over one decode step's; see ``server.policy.PolicyConfig``)."""
     queue_capacity: int = Field(1024, ge=1)
     """Requests the gateway's queue holds; beyond it new requests get 429 with Retry-After."""
     queue_timeout_s: float = Field(300.0, gt=0)
@@ -204,11 +226,16 @@ class GatewayConfig(BaseSettings):
 
     @property
     def policy_config(self) -> PolicyConfig:
-        return PolicyConfig(self.policy, self.point_estimate, self.aging_s_per_token)
+        return PolicyConfig(self.policy, self.point_estimate, self.aging_s_per_token,
+                            self.prompt_token_weight)
 
     @property
     def admission_limits(self) -> AdmissionLimits:
-        return AdmissionLimits(self.max_sequences_per_worker, self.max_predicted_tokens_per_worker)
+        return AdmissionLimits(
+            max_sequences=self.max_sequences_per_worker,
+            max_predicted_tokens=self.max_predicted_tokens_per_worker,
+            follow_engine=self.follow_engine, engine_queue=self.engine_queue,
+            kv_budget=self.kv_budget)
 
     @property
     def online_learning_settings(self):

@@ -1,11 +1,11 @@
 """Admission and dispatch: enqueue in the policy queue, hand out worker leases in policy order.
 
 A request calls :meth:`Dispatcher.acquire`; it waits in the ``PolicyQueue``
-until the head of the queue is admissible on some worker (``AdmissionLimits``)
-and gets a :class:`Lease` for the worker with the least predicted outstanding
-work (``policy.pick_worker``). Releasing a lease, or any change in worker
-health, dispatches again. The order and routing decisions live in
-``server.policy``; this module only turns them into asyncio futures.
+until it is admissible on some worker (``AdmissionLimits``) and gets a
+:class:`Lease` for the worker with the least predicted outstanding work. Which
+requests go, in which order and where, is ``server.policy.plan_dispatch``'s
+decision; releasing a lease, a change in worker health or a new engine report
+dispatches again. This module only turns those decisions into asyncio futures.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from server.policy import (
     QueueFull,
     SortKey,
     engine_priority,
-    pick_worker,
+    has_free_slot,
+    plan_dispatch,
 )
 
 
@@ -45,13 +46,12 @@ class Draining(Exception):
 @dataclass(slots=True)
 class Lease:
     worker_url: str
+    #: the request as the worker's load counts it; changes only through
+    #: :meth:`Dispatcher.resize`
     request: QueuedRequest
     #: the rank passed to vLLM as ``priority``
     engine_priority: int
     queue_wait_s: float
-    #: what this request adds to the worker's predicted outstanding work; starts as the
-    #: request's prediction and changes only through :meth:`Dispatcher.reprice`
-    predicted_tokens: float = 0.0
 
 
 @dataclass(slots=True)
@@ -135,65 +135,83 @@ class Dispatcher:
             self._idle.set()
         if service_time_s:
             self._service_time_ewma_s += 0.1 * (service_time_s - self._service_time_ewma_s)
-        self.pool.release(lease.worker_url, lease.predicted_tokens)  # pumps
+        self.pool.release(lease.worker_url, lease.request)  # pumps
 
     def pump(self) -> None:
-        """Dispatch queued requests while the head of the queue fits on a worker."""
-        while True:
-            head = self.queue.peek()
-            if head is None:
+        """Dispatch every queued request the policy places now (``plan_dispatch``)."""
+        waiters = self._waiters
+        while len(self.queue):
+            placed = plan_dispatch(self.queue, self.pool.load_map(), self.limits,
+                                   self._excluded)
+            if not placed:
                 return
-            waiter = self._waiters.get(head.request_id)
-            if waiter is None or waiter.future.done():
-                self.queue.remove(head.request_id)
-                continue
-            loads = self.pool.loads()
-            if waiter.exclude:
-                loads = [load for load in loads if load.worker_id not in waiter.exclude]
-            worker = pick_worker(loads, head, self.limits)
-            if worker is None:
-                # Strict policy order: the head waits, and so does everyone behind it.
+            stale = False
+            for request, worker in placed:
+                waiter = waiters.pop(request.request_id, None)
+                if waiter is None or waiter.future.done():
+                    stale = True  # its client left; the plan counted it, so plan again
+                    continue
+                key = self.policy.key(request)
+                waiter.future.set_result(self._grant(worker, request, key, waiter.enqueued_at))
+            if not stale:
                 return
-            key = self.queue.key_of(head.request_id)
-            self.queue.pop()
-            del self._waiters[head.request_id]
-            assert key is not None
-            waiter.future.set_result(self._grant(worker, head, key, waiter.enqueued_at))
+
+    def _excluded(self, request: QueuedRequest) -> frozenset[str]:
+        waiter = self._waiters.get(request.request_id)
+        return waiter.exclude if waiter is not None else frozenset()
 
     def _grant(self, worker: str, request: QueuedRequest, key: SortKey, since: float) -> Lease:
-        self.pool.reserve(worker, request.predicted_tokens)
+        self.pool.reserve(worker, request)
         self._in_flight += 1
         self._idle.clear()
         priority = engine_priority(key, self._priority_epoch)
-        return Lease(worker, request, priority, self.clock() - since, request.predicted_tokens)
+        return Lease(worker, request, priority, self.clock() - since)
 
     def try_acquire_now(self, request: QueuedRequest) -> Lease | None:
-        """A lease at once, without queueing, if the request would be dispatched now whatever
-        its size: nothing is queued, admission does not count predicted tokens, and a worker
-        has a free slot. Else ``None`` (then use ``acquire``). Its prediction then decides
-        nothing (there is no order to choose), so the caller may dispatch first and predict
-        while the worker starts (see ``reprice``).
+        """A lease at once, without queueing, if the request would start running now
+        whatever its size: nothing is queued and a worker's engine has a running slot
+        free (``policy.has_free_slot``). Else ``None`` (then use ``acquire``). Its
+        prediction then decides nothing, so the caller may dispatch first and predict
+        while the worker starts (see ``resize``). A request that would wait in the
+        engine's own queue needs its real prediction in its ``priority``, so it never
+        takes this path.
 
         The slot is taken in the same step as the check: a burst's arrivals are all
         handled before any of them would reach ``acquire``, and each must see the slots
         the earlier ones took, or all of them would skip the queue's order."""
-        if self.draining or len(self.queue) or self.limits.max_predicted_tokens is not None:
+        if self.draining or len(self.queue):
             return None
-        worker = pick_worker(self.pool.loads(), request, self.limits)
-        if worker is None:
+        free = [load for load in self.pool.loads() if has_free_slot(load, request, self.limits)]
+        if not free:
             return None
+        worker = min(free, key=lambda ld: (ld.in_flight_predicted_tokens,
+                                           ld.in_flight_sequences, ld.worker_id)).worker_id
         return self._grant(worker, request, self.policy.key(request), self.clock())
 
-    def reprice(self, lease: Lease, predicted_tokens: float) -> None:
-        """Replace a lease's provisional size by the real prediction in the worker's load."""
-        self.pool.adjust(lease.worker_url, predicted_tokens - lease.predicted_tokens)
-        lease.predicted_tokens = predicted_tokens
+    def resize(self, lease: Lease, request: QueuedRequest) -> None:
+        """Replace a lease's provisional sizes by the real prediction in the worker's load."""
+        self.pool.swap(lease.worker_url, lease.request, request)
+        lease.request = request
+
+    def reprioritize(self, request: QueuedRequest) -> bool:
+        """Re-rank a request that still waits in the queue (a better prediction arrived).
+        False when it has left the queue already."""
+        if request.request_id not in self.queue:
+            return False
+        self.queue.update(request)
+        self.pump()
+        return True
 
     def retry_after_s(self) -> int:
-        """A rough wait until a queued slot frees: backlog per slot times service time."""
-        slots = self.limits.max_sequences or 16
-        healthy = max(1, len(self.pool.healthy_ids()))
-        backlog = len(self.queue) / (slots * healthy)
+        """A rough wait until a queued request is dispatched: backlog per slot times the
+        smoothed service time of one request."""
+        slots = 0
+        for load in self.pool.loads():
+            if load.healthy:
+                known = [s for s in (self.limits.max_sequences, load.engine.max_running)
+                         if s is not None]
+                slots += min(known) if known else 1
+        backlog = len(self.queue) / max(1, slots)
         return max(1, min(120, math.ceil(backlog * self._service_time_ewma_s)))
 
     async def drain(self, grace_s: float) -> bool:

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import httpx
 
+from server.policy import EngineView
+
 log = logging.getLogger(__name__)
 
 KV_CACHE_USAGE = "vllm:kv_cache_usage_perc"
@@ -17,6 +19,11 @@ KV_CACHE_USAGE = "vllm:kv_cache_usage_perc"
 KV_CACHE_USAGE_LEGACY = "vllm:gpu_cache_usage_perc"
 RUNNING = "vllm:num_requests_running"
 WAITING = "vllm:num_requests_waiting"
+CACHE_CONFIG = "vllm:cache_config_info"
+
+#: Above this KV usage a waiting queue may be memory-bound, so the running count then
+#: says nothing about the engine's sequence limit.
+KV_BOUND_USAGE = 0.9
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,12 +33,78 @@ class EngineStats:
     kv_cache_usage: float | None = None  # fraction 0..1
     num_running: float | None = None
     num_waiting: float | None = None
+    #: KV cache capacity in tokens (``vllm:cache_config_info``: num_gpu_blocks x block_size)
+    kv_capacity_tokens: float | None = None
 
     @classmethod
     def from_vllm_scrape(cls, text: str) -> EngineStats:
         values = parse_samples(text, {KV_CACHE_USAGE, KV_CACHE_USAGE_LEGACY, RUNNING, WAITING})
         kv = values.get(KV_CACHE_USAGE, values.get(KV_CACHE_USAGE_LEGACY))
-        return cls(kv, values.get(RUNNING), values.get(WAITING))
+        return cls(kv, values.get(RUNNING), values.get(WAITING), kv_capacity_tokens(text))
+
+
+def kv_capacity_tokens(text: str) -> float | None:
+    """The engine's KV capacity from its ``vllm:cache_config_info`` labels (summed over
+    engines); ``None`` when the scrape does not say."""
+    total = 0.0
+    found = False
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line.startswith(CACHE_CONFIG + "{"):
+            continue
+        labels = parse_labels(line[len(CACHE_CONFIG):])
+        try:
+            blocks = float(labels["num_gpu_blocks"])
+            block_size = float(labels["block_size"])
+        except (KeyError, ValueError):
+            continue
+        if math.isfinite(blocks * block_size) and blocks > 0 and block_size > 0:
+            total += blocks * block_size
+            found = True
+    return total if found else None
+
+
+def parse_labels(text: str) -> dict[str, str]:
+    """``{a="1",b="x y"}`` -> ``{"a": "1", "b": "x y"}`` (Prometheus text-format escapes)."""
+    out: dict[str, str] = {}
+    i = text.find("{") + 1
+    while 0 < i < len(text):
+        eq = text.find("=", i)
+        if eq == -1 or eq + 1 >= len(text) or text[eq + 1] != '"':
+            break
+        name = text[i:eq].strip().lstrip(",").strip()
+        j, value = eq + 2, []
+        while j < len(text) and text[j] != '"':
+            if text[j] == "\\" and j + 1 < len(text):
+                j += 1
+                value.append({"n": "\n"}.get(text[j], text[j]))
+            else:
+                value.append(text[j])
+            j += 1
+        out[name] = "".join(value)
+        i = j + 1
+        if i < len(text) and text[i] == "}":
+            break
+    return out
+
+
+def learn_engine_view(previous: EngineView, stats: EngineStats,
+                      configured_max_running: int | None = None) -> EngineView:
+    """What the gateway now knows of an engine's capacity after one scrape.
+
+    vLLM does not export ``max_num_seqs``; it shows in the running count whenever
+    requests wait while the KV cache has room. The estimate only grows (a transient
+    token-budget wait shows fewer running), until the worker is re-discovered.
+    A configured value wins."""
+    max_running = previous.max_running
+    if configured_max_running is not None:
+        max_running = configured_max_running
+    elif (stats.num_waiting is not None and stats.num_waiting >= 1
+          and stats.num_running is not None and stats.num_running >= 1
+          and (stats.kv_cache_usage is None or stats.kv_cache_usage < KV_BOUND_USAGE)):
+        max_running = max(max_running or 0, int(stats.num_running))
+    capacity = stats.kv_capacity_tokens or previous.kv_capacity_tokens
+    return EngineView(max_running=max_running, kv_capacity_tokens=capacity)
 
 
 def parse_samples(text: str, names: set[str]) -> dict[str, float]:

@@ -40,7 +40,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from lengthwise.common.rank import kendall_tau
 from predictor.lexical import lexical_features
 from predictor.prompt_text import clip_text, render_prompt
-from predictor.types import LengthPrediction, LengthPredictor, PromptOrMessages
+from predictor.types import LengthFeedback, LengthPrediction, LengthPredictor, PromptOrMessages
 
 log = logging.getLogger(__name__)
 
@@ -347,11 +347,14 @@ class _Gauges:
 
 def wrap_for_online_learning(base: LengthPredictor, enabled: bool,
                              settings: OnlineLearningSettings,
-                             registry: CollectorRegistry | None) -> LengthPredictor:
-    """The gateway's predictor: ``base`` itself when online learning is off."""
+                             registry: CollectorRegistry | None,
+                             ) -> tuple[LengthPredictor, LengthFeedback | None]:
+    """The gateway's predictor and what takes the served requests' true lengths:
+    ``(base, None)`` when online learning is off."""
     if not enabled:
-        return base
-    return OnlineLearningPredictor(base, settings, registry)
+        return base, None
+    learner = OnlineLearningPredictor(base, settings, registry)
+    return learner, learner
 
 
 def prompt_of_request(parsed) -> PromptOrMessages | None:

@@ -51,6 +51,8 @@ class _SamplingFields(BaseModel):
     presence_penalty: float | None = Field(None, ge=-2, le=2, allow_inf_nan=False)
     frequency_penalty: float | None = Field(None, ge=-2, le=2, allow_inf_nan=False)
     user: str | None = None
+    #: vLLM's client priority (lower runs first): the gateway orders by it before length
+    priority: StrictInt = Field(0, ge=-1_000_000, le=1_000_000)
     edt: EDTParams | None = None
     vllm_xargs: dict[str, XArgValue] | None = None
 
@@ -80,6 +82,16 @@ class ChatCompletionRequest(_SamplingFields):
     def length_cap(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
+    def prompt_size(self) -> tuple[int, int]:
+        """(characters of text, known token count) of the prompt; see ``CompletionRequest``."""
+        chars = 0
+        for m in self.messages:
+            if isinstance(m.content, str):
+                chars += len(m.content)
+            elif isinstance(m.content, list):
+                chars += sum(len(str(part.get("text", ""))) for part in m.content)
+        return chars, 0
+
 
 TokenIds = list[StrictInt]
 
@@ -98,6 +110,18 @@ class CompletionRequest(_SamplingFields):
 
     def length_cap(self) -> int | None:
         return self.max_tokens
+
+    def prompt_size(self) -> tuple[int, int]:
+        """(characters of text, tokens given as ids) over every prompt of the request:
+        the gateway estimates a text's tokens, and token-id prompts say theirs."""
+        p = self.prompt
+        if isinstance(p, str):
+            return len(p), 0
+        if all(isinstance(x, str) for x in p):
+            return sum(len(x) for x in p), 0  # type: ignore[arg-type]
+        if all(isinstance(x, int) for x in p):
+            return 0, len(p)
+        return 0, sum(len(x) for x in p)  # type: ignore[arg-type]
 
     def prompt_texts(self) -> list[str]:
         """One text per prompt, for the length predictor.

@@ -132,7 +132,7 @@ def run(
     try:
         estimate = PointEstimate(point_estimate)
         base_policy = PolicyConfig(point_estimate=estimate, aging_s_per_token=aging_s_per_token)
-        admission = AdmissionLimits(admission_max_seqs, admission_max_predicted_tokens)
+        admission = AdmissionLimits.fixed(admission_max_seqs, admission_max_predicted_tokens)
         engine_kwargs = {
             "max_num_seqs": max_num_seqs,
             "max_num_batched_tokens": max_num_batched_tokens,

@@ -135,6 +135,9 @@ class LiveSetup:
     admission_max_sequences: int | None
     aging_s_per_token: float = PolicyConfig().aging_s_per_token
     point_estimate: PointEstimate = PointEstimate.MEAN
+    #: the live CPU runs replayed here ranked by output tokens alone (their gateway
+    #: predates the prompt-token weight), so replays do too
+    prompt_token_weight: float = 0.0
     client_arrivals: ClientArrivals = ClientArrivals.BURST
     overhead: RequestOverhead = field(default_factory=RequestOverhead)
     #: the gateway's own hop per request, added before the engine
@@ -257,8 +260,9 @@ def sim_config(setup: LiveSetup, policy: PolicyName) -> SimConfig:
     return SimConfig(
         engine=setup.engine,
         workers=1,
-        policy=PolicyConfig(policy, setup.point_estimate, setup.aging_s_per_token),
-        admission=AdmissionLimits(max_sequences=setup.admission_max_sequences),
+        policy=PolicyConfig(policy, setup.point_estimate, setup.aging_s_per_token,
+                            setup.prompt_token_weight),
+        admission=AdmissionLimits.fixed(setup.admission_max_sequences),
         max_model_len=setup.max_model_len,
         dispatch_delay_s=setup.overhead.pre_engine_s + setup.gateway_overhead_s,
         response_delay_s=setup.overhead.post_engine_s,

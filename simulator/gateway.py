@@ -1,26 +1,30 @@
 """The simulated gateway: the live gateway's policy module on virtual time.
 
 All ordering, admission and routing decisions are made by ``server.policy``
-(``PolicyQueue``, ``can_admit``/``pick_worker``, ``engine_priority``); this
-module only moves requests and keeps the per-worker in-flight counts those
-functions read. With unlimited admission (the default) every request goes
-straight to a worker's own waiting queue, as with plain vLLM; the policy's
-rank still reaches the engine as vLLM's ``priority``.
+(``PolicyQueue``, ``plan_dispatch``, ``engine_priority``); this module only
+moves requests and keeps the per-worker in-flight counts those functions read.
+Each worker's engine reports its capacity (``EngineView``: its ``max_num_seqs``
+and KV tokens) from the start, as a live vLLM does once scraped. With
+unlimited admission every request goes straight to a worker's own waiting
+queue, as with plain vLLM; the policy's rank still reaches the engine as
+vLLM's ``priority``.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from server.policy import (
     AdmissionLimits,
+    EngineView,
     PolicyQueue,
     QueuedRequest,
     QueueFull,
     SortKey,
     WorkerLoad,
     engine_priority,
-    pick_worker,
+    plan_dispatch,
 )
 
 from .events import EventLoop, Phase
@@ -34,6 +38,11 @@ class RequestRecord:
 
     request: SimRequest
     predicted_tokens: float
+    #: the predicted p90 output, for the KV footprint admission counts (``None``: the
+    #: point prediction stands in for it)
+    predicted_p90_tokens: float | None = None
+    #: the request as the gateway's queue and the worker's load count it
+    queued: QueuedRequest | None = None
     enqueue_time: float | None = None
     dispatch_time: float | None = None
     worker_id: str | None = None
@@ -42,6 +51,12 @@ class RequestRecord:
     dropped: str | None = None
     #: when the client saw the response end: engine completion + ``response_delay_s``
     completion_time: float | None = None
+
+    @property
+    def predicted_kv_output_tokens(self) -> float:
+        p90 = self.predicted_p90_tokens
+        return p90 if p90 is not None and math.isfinite(p90) else (
+            self.predicted_tokens if math.isfinite(self.predicted_tokens) else 0.0)
 
 
 class SimGateway:
@@ -75,7 +90,10 @@ class SimGateway:
         self.max_model_tokens = max_model_tokens
         self.epoch = epoch
         self._loads = {
-            r.worker_id: WorkerLoad(r.worker_id, True, 0, 0.0) for r in replicas
+            r.worker_id: WorkerLoad(r.worker_id, True, 0, 0.0, engine=EngineView(
+                max_running=r.config.max_num_seqs,
+                kv_capacity_tokens=float(r.config.kv_cache_tokens)))
+            for r in replicas
         }
         self._records: dict[str, RequestRecord] = {}
         self._keys: dict[str, SortKey] = {}
@@ -108,7 +126,9 @@ class SimGateway:
             arrival_time=req.arrival_time,
             predicted_tokens=record.predicted_tokens,
             prompt_tokens=req.prompt_tokens,
+            kv_tokens=req.prompt_tokens + record.predicted_kv_output_tokens,
         )
+        record.queued = qr
         try:
             self._keys[req.request_id] = self.queue.push(qr)
         except QueueFull:
@@ -119,27 +139,14 @@ class SimGateway:
         self._dispatch(now)
 
     def _dispatch(self, now: float) -> None:
-        queue = self.queue
-        loads = self._loads
-        while len(queue):
-            head = queue.peek()
-            worker_id = pick_worker(loads.values(), head, self.limits)
-            if worker_id is None:
-                return
-            queue.pop()
-            self._send(now, head, worker_id)
+        for request, worker_id in plan_dispatch(self.queue, self._loads, self.limits):
+            self._send(now, request, worker_id)
 
     def _send(self, now: float, qr: QueuedRequest, worker_id: str) -> None:
         record = self._records[qr.request_id]
         key = self._keys.pop(qr.request_id)
         priority = engine_priority(key, self.epoch)
-        load = self._loads[worker_id]
-        self._loads[worker_id] = WorkerLoad(
-            worker_id,
-            load.healthy,
-            load.in_flight_sequences + 1,
-            load.in_flight_predicted_tokens + qr.predicted_tokens,
-        )
+        self._loads[worker_id] = self._loads[worker_id].plus(qr)
         req = record.request
         at_engine = now + self.dispatch_delay_s
         # vLLM needs at least one prompt token (traces may record 0)
@@ -168,13 +175,8 @@ class SimGateway:
         """The response has ended: free the worker slot and dispatch the next request."""
         record: RequestRecord = seq.payload  # type: ignore[assignment]
         record.completion_time = now
-        load = self._loads[worker_id]
-        self._loads[worker_id] = WorkerLoad(
-            load.worker_id,
-            load.healthy,
-            load.in_flight_sequences - 1,
-            max(0.0, load.in_flight_predicted_tokens - record.predicted_tokens),
-        )
+        assert record.queued is not None
+        self._loads[worker_id] = self._loads[worker_id].minus(record.queued)
         self.completed += 1
         if len(self.queue):
             self._dispatch(now)

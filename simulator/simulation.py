@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from server.policy import AdmissionLimits, PolicyConfig, PolicyQueue, make_policy
+from server.policy import UNLIMITED, AdmissionLimits, PolicyConfig, PolicyQueue, make_policy
 
 from .events import EventLoop, Phase
 from .gateway import RequestRecord, SimGateway
@@ -22,8 +22,10 @@ class SimConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     workers: int = 1
     policy: PolicyConfig = field(default_factory=lambda: PolicyConfig())
-    #: per-worker admission limit; unlimited = plain vLLM queueing in the engine
-    admission: AdmissionLimits = field(default_factory=AdmissionLimits)
+    #: what the gateway lets into each worker; ``UNLIMITED`` (the default) is plain
+    #: vLLM: every request queues in the engine. ``AdmissionLimits()`` is the gateway's
+    #: default (admission that follows the engine).
+    admission: AdmissionLimits = UNLIMITED
     #: gateway queue bound (None = unbounded); a full queue drops the request
     queue_capacity: int | None = None
     #: longest prompt + output a worker accepts (vLLM ``max_model_len``);

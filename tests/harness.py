@@ -32,10 +32,10 @@ import uvicorn
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from lengthwise.worker.process import free_port
 from predictor.types import LengthPredictor
 from server.app import Gateway, create_app
 from server.config import GatewayConfig
-from lengthwise.worker.process import free_port
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent

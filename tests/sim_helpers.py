@@ -32,7 +32,7 @@ def config(
         engine=EngineConfig(max_num_seqs, max_num_batched_tokens, kv_cache_tokens, block_size, mode),
         workers=workers,
         policy=PolicyConfig(name=policy),
-        admission=admission or AdmissionLimits(),
+        admission=admission or AdmissionLimits.fixed(),
         record_steps=record_steps,
     )
 

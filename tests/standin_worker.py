@@ -11,8 +11,14 @@ error bodies) over real HTTP, and can be told to misbehave:
             | ``die_mid_stream`` (exit after a few streamed tokens)
   ``stall_health``: bool (``/health`` never answers)
   ``token_delay_s``: seconds per generated token
-``GET /control`` returns the counters: ``running``, ``aborted``, ``completed``,
-``max_running`` and the last received bodies (priority, vllm_xargs, ...).
+  ``max_num_seqs``: requests it runs at once (``null``: unlimited); the rest wait in a
+            queue ordered by ``(priority, arrival)``, as vLLM's priority scheduling
+  ``kv_blocks``, ``block_size``: the KV cache it reports in ``vllm:cache_config_info``
+            (``null``: not reported); usage counts each running request's prompt and
+            tokens so far
+``GET /control`` returns the counters: ``running``, ``waiting``, ``aborted``,
+``completed``, ``max_running``, the last received bodies (priority, vllm_xargs, ...)
+and ``started``: the last requests' texts in the order they started running.
 
 Completion length: ``LEN=<n>`` in the prompt, else ``--default-len``, capped by
 ``max_tokens`` (finish_reason ``length`` when capped, else ``stop``).
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import heapq
 import json
 import os
 import re
@@ -43,7 +50,43 @@ def build_app(model: str, default_len: int, token_delay_s: float, max_model_len:
     state: dict[str, Any] = {
         "mode": "ok", "stall_health": False, "token_delay_s": token_delay_s,
         "running": 0, "max_running": 0, "aborted": 0, "completed": 0, "received": [],
+        "max_num_seqs": None, "waiting": 0, "kv_blocks": None, "block_size": 16,
+        "kv_used": 0, "started": [],
     }
+    waiters: list[tuple[int, int, asyncio.Future]] = []
+    arrivals = iter(range(10**12))
+
+    def grant() -> None:
+        while waiters and (state["max_num_seqs"] is None
+                           or state["running"] < state["max_num_seqs"]):
+            _, _, future = heapq.heappop(waiters)
+            if not future.done():
+                state["running"] += 1
+                future.set_result(None)
+
+    async def take_slot(priority: int, text: str) -> None:
+        if waiters or not (state["max_num_seqs"] is None
+                           or state["running"] < state["max_num_seqs"]):
+            future = asyncio.get_running_loop().create_future()
+            heapq.heappush(waiters, (priority, next(arrivals), future))
+            state["waiting"] += 1
+            try:
+                grant()
+                await future
+            except BaseException:
+                if future.done() and not future.cancelled():
+                    free_slot()
+                raise
+            finally:
+                state["waiting"] -= 1
+        else:
+            state["running"] += 1
+        state["max_running"] = max(state["max_running"], state["running"])
+        state["started"] = (state["started"] + [text])[-200:]
+
+    def free_slot() -> None:
+        state["running"] -= 1
+        grant()
 
     def error(status: int, message: str, type_: str) -> JSONResponse:
         return JSONResponse({"error": {"message": message, "type": type_, "param": None,
@@ -63,17 +106,25 @@ def build_app(model: str, default_len: int, token_delay_s: float, max_model_len:
 
     @app.get("/metrics")
     async def metrics() -> PlainTextResponse:
-        return PlainTextResponse(
+        labels = f'engine="0",model_name="{model}"'
+        capacity = (state["kv_blocks"] * state["block_size"]) if state["kv_blocks"] else None
+        usage = (state["kv_used"] / capacity if capacity else state["running"] / 100.0)
+        text = (
             "# HELP vllm:kv_cache_usage_perc KV-cache usage. 1 means 100 percent usage.\n"
             "# TYPE vllm:kv_cache_usage_perc gauge\n"
-            f'vllm:kv_cache_usage_perc{{engine="0",model_name="{model}"}} '
-            f'{min(1.0, state["running"] / 100.0)}\n'
-            f'vllm:num_requests_running{{engine="0",model_name="{model}"}} {state["running"]}\n'
+            f"vllm:kv_cache_usage_perc{{{labels}}} {min(1.0, usage)}\n"
+            f'vllm:num_requests_running{{{labels}}} {state["running"]}\n'
+            f'vllm:num_requests_waiting{{{labels}}} {state["waiting"]}\n'
         )
+        if capacity:
+            text += (f'vllm:cache_config_info{{block_size="{state["block_size"]}",'
+                     f'engine="0",num_gpu_blocks="{state["kv_blocks"]}"}} 1.0\n')
+        return PlainTextResponse(text)
 
     @app.post("/control")
     async def control(request: Request) -> dict:
         state.update(await request.json())
+        grant()
         return {k: v for k, v in state.items() if k != "received"}
 
     @app.get("/control")
@@ -116,18 +167,29 @@ def build_app(model: str, default_len: int, token_delay_s: float, max_model_len:
         def piece(i: int) -> str:
             return f" t{i}"
 
-        state["running"] += 1
-        state["max_running"] = max(state["max_running"], state["running"])
+        await take_slot(int(body.get("priority") or 0), text)
+        kv = [prompt_tokens]
+        state["kv_used"] += prompt_tokens
+
+        def account_token() -> None:
+            kv[0] += n
+            state["kv_used"] += n
+
+        def end() -> None:
+            state["kv_used"] -= kv[0]
+            free_slot()
+
         if not body.get("stream"):
             try:
                 for _ in range(n_tokens):
                     await asyncio.sleep(delay)
+                    account_token()
                     if await request.is_disconnected():
                         state["aborted"] += 1
                         return PlainTextResponse("", status_code=499)
                 state["completed"] += 1
             finally:
-                state["running"] -= 1
+                end()
             out = "".join(piece(i) for i in range(n_tokens))
             if chat:
                 choices = [{"index": k, "message": {"role": "assistant", "content": out},
@@ -160,6 +222,7 @@ def build_app(model: str, default_len: int, token_delay_s: float, max_model_len:
             try:
                 for i in range(n_tokens):
                     await asyncio.sleep(delay)
+                    account_token()
                     if state["mode"] == "die_mid_stream" and i >= 2:
                         os._exit(1)
                     last = i == n_tokens - 1
@@ -176,7 +239,7 @@ def build_app(model: str, default_len: int, token_delay_s: float, max_model_len:
                 finished = True
                 state["completed"] += 1
             finally:
-                state["running"] -= 1
+                end()
                 if not finished:
                     state["aborted"] += 1
 

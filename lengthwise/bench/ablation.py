@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from lengthwise.common.files import write_json_report
 from predictor.artifact import split_holdout
 from predictor.baselines import Baselines
 from predictor.cleaning import remove_degenerate
 from predictor.evaluate import evaluate
 from predictor.features import FeatureConfig, TextFeaturizer, prompt_targets
-from lengthwise.common.files import write_json_report
 from predictor.loader import load_castillo
 from predictor.ngram_encoder import NgramConfig
 from predictor.prompt_text import render_prompt

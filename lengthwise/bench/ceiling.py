@@ -24,9 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from lengthwise.common.rank import kendall_tau
-
 from server.policy import PolicyName
-
 from simulator.fidelity import ArmReplay, LiveSetup, replay_arms
 from simulator.latency import StepLatencyModel
 from simulator.trace import SimRequest

@@ -34,10 +34,10 @@ from pathlib import Path
 
 import aiohttp
 
-from lengthwise.common.files import write_json_report
-from lengthwise.bench.live import Workload, load_prompts, request_bodies
-from simulator.calibrate import load_request_overhead
 from lengthwise.bench.ceiling import PromptSamples, ordering_ceiling
+from lengthwise.bench.live import Workload, load_prompts, request_bodies
+from lengthwise.common.files import write_json_report
+from simulator.calibrate import load_request_overhead
 from simulator.fidelity import ClientArrivals, LiveSetup
 from simulator.latency import load_cost_model
 

@@ -18,10 +18,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from lengthwise.common.files import write_json_report
 from lengthwise.bench.edt_metrics import SettingScores, score_setting
-from lengthwise.worker.edt.params import DEFAULT_N, make_params
 from lengthwise.bench.edt_workload import ChatJob, Task, dolly_tasks, run_chat_jobs
+from lengthwise.common.files import write_json_report
+from lengthwise.worker.edt.params import DEFAULT_N, make_params
 
 DEFAULT_FIXED_TEMPERATURES = (0.3, 0.7, 1.0, 1.3)
 DEFAULT_EDT_T0 = (1.0, 1.3)

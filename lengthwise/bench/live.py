@@ -24,8 +24,8 @@ from typing import Any
 
 import httpx
 
-from lengthwise.common.files import write_json_report
 from lengthwise.bench.gateway_process import NO_TIMEOUTS, GatewayProcess
+from lengthwise.common.files import write_json_report
 from lengthwise.common.paths import shared_dir
 from lengthwise.worker.process import free_port
 from server.policy import PolicyConfig

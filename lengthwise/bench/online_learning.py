@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import random
 import re
 import tempfile
@@ -262,10 +261,10 @@ def live(profile_dir: Path, worker_url: str, requests: int = 1000, window: int =
     """Arms: online learning off, then on; same prompts, same arrivals, gateway sjf-aged."""
     import httpx
 
-    from predictor.profiling.report import load_profile
     from lengthwise.bench.gateway_process import GatewayProcess
     from lengthwise.bench.live import Workload, arrival_offsets, run_arm
     from lengthwise.worker.process import free_port
+    from predictor.profiling.report import load_profile
 
     profile = load_profile(profile_dir)
     model = str(profile["model"].iloc[0])

@@ -20,7 +20,6 @@ from dataclasses import replace
 from pathlib import Path
 
 from server.policy import AdmissionLimits, EngineQueueMode, PolicyConfig, PolicyName
-
 from simulator.latency import StepLatencyModel
 from simulator.predictions import PredictionSource, predictions_for
 from simulator.replica import EngineConfig
@@ -88,7 +87,7 @@ def castillo_study(
         for cap in admission_caps:
             sjf_cfg = SimConfig(
                 engine=replace(engine, queue_mode=EngineQueueMode.PRIORITY),
-                admission=AdmissionLimits(max_sequences=cap),
+                admission=AdmissionLimits.fixed(cap),
             )
             fcfs_cfg = replace(sjf_cfg, engine=replace(engine, queue_mode=EngineQueueMode.FCFS))
             if progress:

@@ -26,9 +26,9 @@ from typing import Any
 import httpx
 import psutil
 
-from lengthwise.common.files import write_json_report
 from lengthwise.bench.gateway_process import GatewayProcess
 from lengthwise.bench.live import load_prompts, percentile
+from lengthwise.common.files import write_json_report
 from lengthwise.common.paths import cache_dir
 from lengthwise.worker.process import free_port
 

@@ -7,13 +7,13 @@ import random
 import pytest
 from sim_helpers import STEP_MODEL
 
-from server.policy import EngineQueueMode
 from lengthwise.bench.ceiling import (
     PromptSamples,
     burst_requests,
     ordering_ceiling,
     share_of_variance_between_prompts,
 )
+from server.policy import EngineQueueMode
 from simulator.fidelity import LiveSetup
 from simulator.replica import EngineConfig
 

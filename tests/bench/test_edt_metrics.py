@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from lengthwise.bench.edt_quality import build_grid, pareto_front
 from lengthwise.bench.edt_metrics import rouge_l_f1, score_setting, self_bleu, tradeoff_score
+from lengthwise.bench.edt_quality import build_grid, pareto_front
 
 
 def test_self_bleu_is_100_for_identical_samples_and_lower_for_varied_ones():

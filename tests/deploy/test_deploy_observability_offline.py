@@ -12,7 +12,10 @@ from pathlib import Path
 import yaml
 from prometheus_client import CollectorRegistry
 
-from lengthwise.worker.edt.temperature_metrics import AppliedTemperatureHistogram, _HistogramCollector
+from lengthwise.worker.edt.temperature_metrics import (
+    AppliedTemperatureHistogram,
+    _HistogramCollector,
+)
 from server.metrics import GatewayMetrics
 
 

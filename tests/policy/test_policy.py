@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -51,12 +52,24 @@ def test_sjf_serves_shortest_prediction_first_and_breaks_ties_by_arrival_then_id
     assert drain(q) == ["short1", "z", "short2", "mid", "long"]
 
 
-def test_sub_token_or_nan_predictions_do_not_jump_the_queue():
+def test_sub_token_predictions_rank_as_one_token():
     q = PolicyQueue(SJFPolicy())
     q.push(req("one", 0.0, 1.0))
-    q.push(req("nan", 1.0, float("nan")))
     q.push(req("zero", 2.0, 0.0))
-    assert drain(q) == ["one", "nan", "zero"]
+    q.push(req("negative", 1.0, -5.0))
+    assert drain(q) == ["one", "negative", "zero"]
+
+
+@pytest.mark.parametrize("policy", [SJFPolicy(), AgedSJFPolicy(aging_s_per_token=0.05)],
+                         ids=["sjf", "sjf-aged"])
+@pytest.mark.parametrize("broken", [float("nan"), float("inf"), float("-inf")])
+def test_a_broken_prediction_never_jumps_the_queue_whatever_the_push_order(policy, broken):
+    requests = [req("broken", 0.0, broken), req("short", 0.0, 5.0), req("long", 0.0, 900.0)]
+    for order in itertools.permutations(requests):
+        q = PolicyQueue(policy)
+        for r in order:
+            q.push(r)
+        assert drain(q) == ["short", "long", "broken"], [r.request_id for r in order]
 
 
 def test_aged_sjf_lets_a_long_request_overtake_once_its_deadline_passes():

@@ -15,10 +15,10 @@ import httpx
 import numpy as np
 import pytest
 
+from lengthwise.worker.process import free_port
 from predictor.loader import default_castillo_dir
 from predictor.profiling.prompt_files import read_prompt_file, read_prompt_files
 from predictor.profiling.report import build_report, load_profile
-from lengthwise.worker.process import free_port
 
 STANDIN = Path(__file__).resolve().parents[1] / "standin_worker.py"
 REPO = Path(__file__).resolve().parents[2]

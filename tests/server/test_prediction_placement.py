@@ -63,7 +63,7 @@ def test_at_low_load_the_worker_has_the_request_before_it_is_predicted(length_pr
                                                                        tmp_path):
     worker = StandinWorker(token_delay_s=0.02).start()
     predictor = WorkerWatchingPredictor(length_predictor, worker)
-    gw = _gateway(predictor, worker, tmp_path)
+    gw = _gateway(predictor, worker, tmp_path, worker_max_num_seqs=4)
     try:
         plain = httpx.post(gw.url + "/v1/chat/completions",
                            json=chat_body("plain request LEN=10"), timeout=10)

@@ -60,8 +60,9 @@ def _burst(n: int, seed: int) -> list[tuple[SimRequest, float]]:
 def _write_live_log(path, policy: PolicyName, burst, time_scale: float = 1.0) -> None:
     """Run the simulator as the 'live' system and log what a gateway would have logged."""
     requests = [r for r, _ in burst]
-    config = SimConfig(engine=ENGINE, policy=PolicyConfig(policy, aging_s_per_token=0.05),
-                       admission=AdmissionLimits(max_sequences=ADMISSION), max_model_len=256,
+    config = SimConfig(engine=ENGINE, policy=PolicyConfig(policy, aging_s_per_token=0.05,
+                                                          prompt_token_weight=0.0),
+                       admission=AdmissionLimits.fixed(ADMISSION), max_model_len=256,
                        dispatch_delay_s=PRE_S, response_delay_s=POST_S)
     result = run_simulation(requests, [p for _, p in burst], config, STEP)
     log = RequestLog(path)
@@ -173,7 +174,8 @@ def test_without_chunked_prefill_a_prompt_that_does_not_fit_waits(chunked, first
     # vLLM with --no-enable-chunked-prefill (the bench worker) stops admitting at the
     # first waiting prompt larger than the remaining budget instead of chunking it.
     engine = replace(ENGINE, max_num_seqs=8, chunked_prefill=chunked)
-    config = SimConfig(engine=engine, max_model_len=512, record_steps=True)
+    config = SimConfig(engine=engine, policy=PolicyConfig(PolicyName.FCFS), max_model_len=512,
+                       record_steps=True)
     requests = [SimRequest("a", 0.0, 200, 3), SimRequest("b", 0.0, 100, 3)]
     result = run_simulation(requests, [0.0, 0.0], config, STEP)
     assert result.replicas[0].steps[0].num_scheduled_tokens == first_step_tokens

@@ -12,8 +12,8 @@ from simulator.simulation import run_simulation
 CASES = [
     (PolicyName.FCFS, EngineQueueMode.FCFS, None),
     (PolicyName.SJF, EngineQueueMode.PRIORITY, None),
-    (PolicyName.SJF_AGED, EngineQueueMode.PRIORITY, AdmissionLimits(max_sequences=4)),
-    (PolicyName.SJF, EngineQueueMode.FCFS, AdmissionLimits(max_predicted_tokens=200)),
+    (PolicyName.SJF_AGED, EngineQueueMode.PRIORITY, AdmissionLimits.fixed(4)),
+    (PolicyName.SJF, EngineQueueMode.FCFS, AdmissionLimits.fixed(max_predicted_tokens=200)),
 ]
 
 

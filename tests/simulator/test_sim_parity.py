@@ -51,7 +51,7 @@ def test_dispatch_order_matches_policy_queue(policy):
     preds = [float((r.output_tokens * 37) % 53 + 1) for r in reqs]
     limit = 3
     cfg = config(policy=policy, mode=EngineQueueMode.PRIORITY,
-                 admission=AdmissionLimits(max_sequences=limit), kv_cache_tokens=4096)
+                 admission=AdmissionLimits.fixed(limit), kv_cache_tokens=4096)
     res = run_simulation(reqs, preds, cfg, STEP_MODEL)
     finish = [rec.seq.finished for rec in res.records]
     expected = _reference_order(reqs, preds, finish, cfg.policy, limit)
