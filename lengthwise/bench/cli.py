@@ -8,6 +8,7 @@ it, commands that need one start a local vLLM CPU worker for the run and stop it
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -68,6 +69,78 @@ def live(
                     extra_args=("--no-enable-prefix-caching",)) as (url, name):
         report = run_live_bench(url, name, w, output, log=typer.echo)
     typer.echo(f"targets: {report['targets']}; wrote {output}")
+
+
+@app.command()
+def peer(
+    worker: Annotated[str | None, typer.Option(
+        "--worker", help="A running vLLM worker: the gateway is `lengthwise serve --worker "
+        "URL`. Default: `lengthwise serve` with its own local worker, as a user runs it.")
+    ] = None,
+    model: Model = None,
+    tokenizer: str | None = typer.Option(
+        None, help="Tokenizer for vllm bench (default: the local SmolLM2 model folder)."),
+    requests: int = typer.Option(200, help="Requests per run."),
+    rate: float = typer.Option(3.5, help="Poisson scenario: requests per second."),
+    scenarios: str = typer.Option("burst,poisson", help="Which scenarios to run."),
+    rounds: int = typer.Option(3, min=1, help="A B / B A rounds per scenario."),
+    seed: int = typer.Option(0),
+    gateway_setting: list[str] = typer.Option(
+        [], "--gateway-setting", help="A gateway setting NAME=VALUE (JSON value) on top "
+        "of the defaults, e.g. kv_budget=0.8; repeat for several."),
+    output: Output = Path("reports/peer.json"),
+) -> None:
+    """The gateway vs its own worker directly, driven by `vllm bench serve`: burst and
+    Poisson, A B / B A rounds, greedy decoding; writes a JSON report and a plot."""
+    import tempfile
+
+    from lengthwise.bench.gateway_process import GatewayProcess
+    from lengthwise.bench.peer import PeerScenario, PeerSettings, held_out_prompts, run_peer
+    from lengthwise.bench.peer import write as write_report
+    from lengthwise.worker.process import free_port, served_model
+    from predictor.artifact import default_artifact_dir
+
+    chosen = {"burst": PeerScenario("burst", float("inf"), requests),
+              "poisson": PeerScenario("poisson", rate, requests)}
+    names = [s.strip() for s in scenarios.split(",") if s.strip()]
+    unknown = set(names) - set(chosen)
+    if unknown:
+        raise typer.BadParameter(f"unknown scenarios {sorted(unknown)}; use burst, poisson")
+    settings = PeerSettings(tuple(chosen[n] for n in names), rounds, seed)
+    trained = default_artifact_dir() / "train_prompt_ids.txt"
+    items = held_out_prompts(requests, seed, set(trained.read_text().split())
+                             if trained.exists() else None)
+    if tokenizer is None:
+        from lengthwise.worker.local_model import prepare_local_model
+
+        tokenizer = str(prepare_local_model().path)
+    overrides = {}
+    for item in gateway_setting:
+        name, _, value = item.partition("=")
+        overrides[name.strip()] = json.loads(value)
+    with tempfile.TemporaryDirectory(prefix="lengthwise-peer-") as tmp:
+        workdir = Path(tmp)
+        worker_port = None if worker else free_port()
+        gateway_settings = {"request_log_path": str(workdir / "requests.jsonl"), **overrides}
+        typer.echo("starting the gateway" + ("" if worker else " and its local worker"))
+        with GatewayProcess(worker, free_port(), gateway_settings, workdir,
+                            worker_port=worker_port, startup_timeout_s=600) as gw:
+            worker_url = worker.rstrip("/") if worker else f"http://127.0.0.1:{worker_port}"
+            name = model or served_model(worker_url)
+            report = run_peer(gw.url, worker_url, name, tokenizer, items, settings, workdir,
+                              log=typer.echo)
+        report["environment"] = {
+            "gateway": "lengthwise serve" + (f" --worker {worker}" if worker else ""),
+            "gateway_settings_over_defaults": overrides, "worker": worker_url, "model": name,
+            "measured_at_unix": time.time()}
+        output.parent.mkdir(parents=True, exist_ok=True)
+        (output.with_suffix(".requests.jsonl")).write_bytes(
+            (workdir / "requests.jsonl").read_bytes()
+            if (workdir / "requests.jsonl").exists() else b"")
+    write_report(report, output)
+    typer.echo(json.dumps({k: v["targets"] for k, v in report["scenarios"].items()},
+                          indent=2))
+    typer.echo(f"wrote {output}")
 
 
 @app.command()

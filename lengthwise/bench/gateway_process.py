@@ -24,17 +24,24 @@ NO_TIMEOUTS: dict[str, float] = {
 
 
 class GatewayProcess:
-    """``lengthwise serve --worker URL --config <settings>`` until the block ends (SIGTERM)."""
+    """``lengthwise serve --worker URL --config <settings>`` until the block ends (SIGTERM).
 
-    def __init__(self, worker_url: str, port: int, settings: Mapping[str, Any],
-                 workdir: Path, name: str = "gateway") -> None:
+    With ``worker_url=None`` it is the one-machine default instead: ``lengthwise serve``
+    starts its own local vLLM worker, on ``worker_port``."""
+
+    def __init__(self, worker_url: str | None, port: int, settings: Mapping[str, Any],
+                 workdir: Path, name: str = "gateway", worker_port: int | None = None,
+                 startup_timeout_s: float = 180.0) -> None:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         workdir.mkdir(parents=True, exist_ok=True)
         self.config_path = workdir / f"{name}.config.json"
         self.log_path = workdir / f"{name}.log"
         self.settings = dict(settings)
-        self.cmd = [sys.executable, "-m", "lengthwise.cli", "serve", "--worker", worker_url,
+        self.startup_timeout_s = startup_timeout_s
+        where = (["--worker", worker_url] if worker_url is not None
+                 else ["--worker-port", str(worker_port or 0)])
+        self.cmd = [sys.executable, "-m", "lengthwise.cli", "serve", *where,
                     "--port", str(port), "--log-level", "warning",
                     "--config", str(self.config_path)]
         self.proc: subprocess.Popen[bytes] | None = None
@@ -44,7 +51,7 @@ class GatewayProcess:
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT,
                                          start_new_session=True)
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + self.startup_timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"gateway exited: {self.log_path.read_text()[-3000:]}")
