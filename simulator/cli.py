@@ -343,7 +343,8 @@ def fit_cost_model(
     knee_tokens: Annotated[int | None, typer.Option(help="Piecewise split in tokens")] = 512,
 ) -> None:
     """Fit the linear step model to an operator table and write its coefficients."""
-    from .latency import OperatorTableModel, fit_linear, sample_batch_shapes
+    from .latency import fit_linear, sample_batch_shapes
+    from .operator_tables import OperatorTableModel
 
     table = OperatorTableModel(cost_model, num_layers)
     shapes = sample_batch_shapes(samples, max_num_seqs, max_num_batched_tokens, max_context)

@@ -121,6 +121,10 @@ def bench_worker_engine() -> tuple[EngineConfig, int]:
         block_size=CPU_BLOCK_SIZE,
         queue_mode=mode,
         chunked_prefill=chunked,
+        # the bench worker runs --no-prefix-caching; the committed CPU replays were
+        # made with the synchronous loop, which is what vLLM's CPU backend runs
+        prefix_caching=False,
+        async_scheduling=False,
     )
     return engine, max_model_len
 
