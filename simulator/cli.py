@@ -510,3 +510,35 @@ def fidelity(
     typer.echo(f"wrote {output}")
     if strict and not report["pass"]:
         raise typer.Exit(1)
+
+
+@app.command("fidelity-vllm")
+def fidelity_vllm(
+    run_dir: Annotated[Path, typer.Argument(help="A real vLLM run (vllm_requests.jsonl, vllm_meta.json)")],
+    cost_model: Annotated[Path, typer.Option(help="The run's GPU: an LLMServingSim operator-table folder")],
+    num_layers: Annotated[int | None, typer.Option(help="Decoder layers (default: known from the tables' model)")] = None,
+    tp: Annotated[int, typer.Option(help="Tensor-parallel degree of the tables to use")] = 1,
+    kv_cache_tokens: Annotated[int | None, typer.Option(
+        help="KV cache size vLLM logged (default: the run's record, else an estimate)")] = None,
+    ablation: Annotated[bool, typer.Option(help="Also replay without each engine-model piece")] = True,
+    output: Annotated[Path, typer.Option()] = Path("reports/sim_fidelity_vllm.json"),
+    strict: Annotated[bool, typer.Option(help="Exit 1 when a mean misses the tolerance")] = False,
+) -> None:
+    """Replay a real vLLM run on its GPU's operator tables; compare mean TTFT, E2E and TPOT."""
+    from lengthwise.common.files import write_json_report
+
+    from .operator_tables import OperatorTableModel
+    from .vllm_run import VllmRun, fidelity_report, format_report
+
+    try:
+        run = VllmRun.load(run_dir)
+        tables = {skew: OperatorTableModel(cost_model, num_layers, tp=tp, skew=skew)
+                  for skew in (True, False)}
+        report = fidelity_report(run, tables.__getitem__, kv_cache_tokens, ablation)
+    except (OSError, ValueError, KeyError) as exc:
+        _fail(str(exc))
+    write_json_report(output, report)
+    typer.echo(format_report(report))
+    typer.echo(f"wrote {output}")
+    if strict and not report["pass"]:
+        raise typer.Exit(1)
