@@ -17,7 +17,21 @@ from typing import Annotated
 import typer
 from typer.core import TyperGroup
 
-from server.policy import PolicyConfig
+from server.policy import PointEstimate, PolicyConfig, PolicyName
+
+from .predictions import PredictionSource
+from .replica import EngineConfig
+from .runner import (
+    AdmissionMode,
+    EngineOptions,
+    EngineQueueChoice,
+    GatewayOptions,
+    PredictionCache,
+    RunError,
+    WorkloadOptions,
+    parse_arms,
+    run_load_sweep,
+)
 
 
 class _DefaultRunGroup(TyperGroup):
@@ -30,32 +44,6 @@ class _DefaultRunGroup(TyperGroup):
 
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, cls=_DefaultRunGroup, help=__doc__)
-
-
-class PolicyChoice(StrEnum):
-    FCFS = "fcfs"
-    SJF = "sjf"
-    SJF_AGED = "sjf-aged"
-    SJF_ORACLE = "sjf-oracle"
-    SJF_AGED_ORACLE = "sjf-aged-oracle"
-
-
-class EngineQueueChoice(StrEnum):
-    AUTO = "auto"
-    FCFS = "fcfs"
-    PRIORITY = "priority"
-
-
-class PredictionChoice(StrEnum):
-    AUTO = "auto"
-    PREDICTOR = "predictor"
-    TRACE = "trace"
-    ORACLE = "oracle"
-    ORACLE_NOISE = "oracle-noise"
-    NONE = "none"
-
-
-CASTILLO = "castillo"
 
 
 def _fail(message: str) -> None:
@@ -71,190 +59,134 @@ def _parse_floats(text: str) -> list[float]:
         raise
 
 
-def _load_trained_predictor():
-    """The default trained artifact (``predictor.api``); trains it first if it is missing."""
-    from predictor.api import load_default_predictor
-
-    return load_default_predictor()
+_ENGINE = "Engine (vLLM arguments and the GPU's cost model)"
+_WORKLOAD = "Workload"
+_GATEWAY = "Gateway (policy, predictions, admission)"
+_SWEEP = "Load sweep"
+_DEFAULT_ENGINE = EngineConfig()
+_DEFAULT_POLICY = PolicyConfig()
 
 
 @app.command("run")
 def run(
     trace: Annotated[str, typer.Argument(help="Trace file (.csv/.jsonl) or 'castillo'")],
-    cost_model: Annotated[Path, typer.Option(help="Operator-table folder or linear-model .json")],
-    num_layers: Annotated[int | None, typer.Option(help="Decoder layers (operator tables time one)")] = None,
-    step_overhead_ms: Annotated[float, typer.Option(help="Host time added to every step")] = 0.0,
-    max_num_seqs: Annotated[int, typer.Option()] = 256,
-    max_num_batched_tokens: Annotated[int, typer.Option()] = 2048,
-    kv_cache_tokens: Annotated[int, typer.Option(help="KV capacity per worker, tokens")] = 262_144,
-    block_size: Annotated[int, typer.Option()] = 16,
-    max_model_len: Annotated[int | None, typer.Option(help="Longest prompt+output accepted")] = None,
-    workers: Annotated[int, typer.Option()] = 1,
-    policy: Annotated[PolicyChoice, typer.Option()] = PolicyChoice.FCFS,
+    cost_model: Annotated[Path, typer.Option(
+        help="Operator-table folder or linear-model .json", rich_help_panel=_ENGINE)],
+    num_layers: Annotated[int | None, typer.Option(
+        help="Decoder layers (default: known from the tables' model)", rich_help_panel=_ENGINE)] = None,
+    step_overhead_ms: Annotated[float, typer.Option(
+        help="Host time added to every step", rich_help_panel=_ENGINE)] = 0.0,
+    max_num_seqs: Annotated[int, typer.Option(rich_help_panel=_ENGINE)] = _DEFAULT_ENGINE.max_num_seqs,
+    max_num_batched_tokens: Annotated[int, typer.Option(
+        rich_help_panel=_ENGINE)] = _DEFAULT_ENGINE.max_num_batched_tokens,
+    kv_cache_tokens: Annotated[int, typer.Option(
+        help="KV capacity per worker, tokens", rich_help_panel=_ENGINE)] = _DEFAULT_ENGINE.kv_cache_tokens,
+    block_size: Annotated[int, typer.Option(rich_help_panel=_ENGINE)] = _DEFAULT_ENGINE.block_size,
+    prefix_caching: Annotated[bool, typer.Option(
+        rich_help_panel=_ENGINE)] = _DEFAULT_ENGINE.prefix_caching,
+    async_scheduling: Annotated[bool, typer.Option(
+        rich_help_panel=_ENGINE)] = _DEFAULT_ENGINE.async_scheduling,
+    max_model_len: Annotated[int | None, typer.Option(
+        help="Longest prompt+output accepted", rich_help_panel=_ENGINE)] = None,
+    workers: Annotated[int, typer.Option(rich_help_panel=_ENGINE)] = 1,
     engine_queue: Annotated[EngineQueueChoice, typer.Option(
-        help="vLLM --scheduling-policy; auto = fcfs for --policy fcfs, else priority")] = EngineQueueChoice.AUTO,
-    aging_s_per_token: Annotated[float, typer.Option()] = PolicyConfig().aging_s_per_token,
-    point_estimate: Annotated[str, typer.Option(help="mean, p50 or p90")] = "mean",
-    prediction_source: Annotated[PredictionChoice, typer.Option()] = PredictionChoice.AUTO,
-    noise_sigma: Annotated[float, typer.Option(help="oracle-noise: log-normal sigma")] = 0.5,
-    admission_max_seqs: Annotated[int | None, typer.Option(help="Per-worker in-flight limit")] = None,
-    admission_max_predicted_tokens: Annotated[float | None, typer.Option()] = None,
-    queue_capacity: Annotated[int | None, typer.Option(help="Gateway queue bound")] = None,
-    limit: Annotated[int | None, typer.Option(help="Use the first N trace records")] = None,
-    castillo_data: Annotated[Path | None, typer.Option(help="CASTILLO file or folder (default: shared copy)")] = None,
-    castillo_all_prompts: Annotated[bool, typer.Option(help="castillo: also use the predictor's training prompts")] = False,
-    castillo_model: Annotated[str | None, typer.Option(help="Keep rows of this model")] = None,
-    num_requests: Annotated[int, typer.Option(help="castillo: number of requests")] = 2000,
-    rate: Annotated[float, typer.Option(help="castillo: Poisson arrival rate, req/s")] = 1.0,
-    arrival_trace: Annotated[Path | None, typer.Option(help="castillo: take arrival times from this trace")] = None,
-    seed: Annotated[int, typer.Option()] = 0,
-    output: Annotated[Path | None, typer.Option()] = None,
+        help="vLLM --scheduling-policy; auto = fcfs for --policy fcfs, else priority",
+        rich_help_panel=_ENGINE)] = EngineQueueChoice.AUTO,
+    policy: Annotated[PolicyName, typer.Option(rich_help_panel=_GATEWAY)] = PolicyName.FCFS,
+    predictions: Annotated[PredictionSource | None, typer.Option(
+        help="Where ranked lengths come from (default: the trace's, else the trained "
+             "predictor on its prompts); fcfs uses none", rich_help_panel=_GATEWAY)] = None,
+    aging_s_per_token: Annotated[float, typer.Option(
+        rich_help_panel=_GATEWAY)] = _DEFAULT_POLICY.aging_s_per_token,
+    point_estimate: Annotated[PointEstimate, typer.Option(
+        rich_help_panel=_GATEWAY)] = _DEFAULT_POLICY.point_estimate,
+    noise_sigma: Annotated[float, typer.Option(
+        help="oracle-noise: log-normal sigma", rich_help_panel=_GATEWAY)] = 0.5,
+    admission: Annotated[AdmissionMode, typer.Option(
+        help="unlimited: plain vLLM; gateway: the gateway's default (follows the engine)",
+        rich_help_panel=_GATEWAY)] = AdmissionMode.UNLIMITED,
+    admission_max_seqs: Annotated[int | None, typer.Option(
+        help="Hand-set per-worker in-flight cap", rich_help_panel=_GATEWAY)] = None,
+    admission_max_predicted_tokens: Annotated[float | None, typer.Option(
+        help="Hand-set per-worker cap on predicted tokens in flight", rich_help_panel=_GATEWAY)] = None,
+    queue_capacity: Annotated[int | None, typer.Option(
+        help="Gateway queue bound", rich_help_panel=_GATEWAY)] = None,
+    limit: Annotated[int | None, typer.Option(
+        help="Use the first N trace records", rich_help_panel=_WORKLOAD)] = None,
+    castillo_data: Annotated[Path | None, typer.Option(
+        help="CASTILLO file or folder (default: shared copy)", rich_help_panel=_WORKLOAD)] = None,
+    castillo_all_prompts: Annotated[bool, typer.Option(
+        help="castillo: also use the predictor's training prompts", rich_help_panel=_WORKLOAD)] = False,
+    castillo_model: Annotated[str | None, typer.Option(
+        help="Keep rows of this model", rich_help_panel=_WORKLOAD)] = None,
+    num_requests: Annotated[int, typer.Option(
+        help="castillo: number of requests", rich_help_panel=_WORKLOAD)] = 2000,
+    rate: Annotated[float, typer.Option(
+        help="castillo: Poisson arrival rate, req/s", rich_help_panel=_WORKLOAD)] = 1.0,
+    arrival_trace: Annotated[Path | None, typer.Option(
+        help="castillo: take arrival times from this trace", rich_help_panel=_WORKLOAD)] = None,
+    seed: Annotated[int, typer.Option(rich_help_panel=_WORKLOAD)] = 0,
+    output: Annotated[Path | None, typer.Option(help="Summary (or sweep) JSON")] = None,
     per_request: Annotated[Path | None, typer.Option(help="Per-request .csv or .parquet")] = None,
     sweep_rate: Annotated[str | None, typer.Option(
-        help="Comma-separated loads (offered/saturation), e.g. 0.5,0.7,0.9")] = None,
-    policies: Annotated[str, typer.Option(help="--sweep-rate: policies to compare")] = "fcfs,sjf,sjf-oracle",
-    plot: Annotated[Path | None, typer.Option(help="--sweep-rate: latency-vs-load PNG")] = None,
+        help="Comma-separated loads (offered/saturation), e.g. 0.5,0.7,0.9",
+        rich_help_panel=_SWEEP)] = None,
+    policies: Annotated[str, typer.Option(
+        help="--sweep-rate: policies to compare", rich_help_panel=_SWEEP)] = "fcfs,sjf",
+    sweep_predictions: Annotated[str, typer.Option(
+        help="--sweep-rate: prediction sources of the non-fcfs policies",
+        rich_help_panel=_SWEEP)] = "predictor,oracle",
+    plot: Annotated[Path | None, typer.Option(
+        help="--sweep-rate: latency-vs-load PNG", rich_help_panel=_SWEEP)] = None,
     progress: Annotated[bool | None, typer.Option(help="Progress bar (default: long runs)")] = None,
 ) -> None:
     """Replay TRACE through the gateway policy and vLLM-like engines."""
-    from server.policy import AdmissionLimits, EngineQueueMode, PointEstimate, PolicyConfig
-
-    from .latency import load_cost_model
-    from .replica import EngineConfig
-    from .simulation import SimConfig
-
     try:
-        latency = load_cost_model(cost_model, num_layers, step_overhead_ms / 1000.0)
-    except (ValueError, FileNotFoundError) as exc:
+        engine = EngineOptions(
+            cost_model, num_layers, step_overhead_ms,
+            EngineConfig(max_num_seqs, max_num_batched_tokens, kv_cache_tokens, block_size,
+                         prefix_caching=prefix_caching, async_scheduling=async_scheduling),
+            engine_queue, max_model_len, workers)
+        workload = WorkloadOptions(trace, limit, castillo_data, castillo_all_prompts,
+                                   castillo_model, num_requests, rate, arrival_trace, seed)
+        gateway = GatewayOptions(policy, predictions, point_estimate, aging_s_per_token,
+                                 noise_sigma, admission, admission_max_seqs,
+                                 admission_max_predicted_tokens, queue_capacity)
+        gateway.limits()
+        latency = engine.latency()
+        requests = workload.load()
+        cache = PredictionCache(requests, gateway, seed)
+        if sweep_rate:
+            report = run_load_sweep(requests, _parse_floats(sweep_rate),
+                                    parse_arms(policies, sweep_predictions), engine, gateway,
+                                    latency, cache, progress=lambda line: typer.echo(line, err=True))
+            report["trace"] = trace
+            _write_sweep(report, output, plot)
+            return
+        _run_one(requests, engine, gateway, latency, cache, output, per_request,
+                 progress if progress is not None else len(requests) > 5000, trace)
+    except RunError as exc:
         _fail(str(exc))
-    requests = _load_requests(trace, limit, castillo_data, castillo_model, num_requests, rate,
-                              arrival_trace, seed, not castillo_all_prompts)
-    try:
-        estimate = PointEstimate(point_estimate)
-        base_policy = PolicyConfig(point_estimate=estimate, aging_s_per_token=aging_s_per_token)
-        admission = AdmissionLimits.fixed(admission_max_seqs, admission_max_predicted_tokens)
-        engine_kwargs = {
-            "max_num_seqs": max_num_seqs,
-            "max_num_batched_tokens": max_num_batched_tokens,
-            "kv_cache_tokens": kv_cache_tokens,
-            "block_size": block_size,
-        }
-        EngineConfig(**engine_kwargs)  # validate early
-    except ValueError as exc:
+    except ValueError as exc:  # invalid engine or admission values
         _fail(str(exc))
 
-    def config_for(choice: PolicyChoice) -> SimConfig:
-        if engine_queue == EngineQueueChoice.AUTO:
-            mode = EngineQueueMode.FCFS if choice == PolicyChoice.FCFS else EngineQueueMode.PRIORITY
-        else:
-            mode = EngineQueueMode(engine_queue.value)
-        return SimConfig(
-            engine=EngineConfig(**engine_kwargs, queue_mode=mode),
-            workers=workers,
-            policy=base_policy,
-            admission=admission,
-            queue_capacity=queue_capacity,
-            max_model_len=max_model_len,
-        )
 
-    predictor_cache: dict = {}
+def _write_sweep(report: dict, output: Path | None, plot: Path | None) -> None:
+    from .report import write_json
+    from .sweep import plot_sweep
 
-    def predictions(choice: PolicyChoice) -> tuple[list[float], str]:
-        return _predictions(choice, prediction_source, requests, estimate.value, noise_sigma,
-                            seed, predictor_cache)
-
-    show_progress = progress if progress is not None else len(requests) > 5000
-    if sweep_rate:
-        _run_sweep(requests, sweep_rate, policies, config_for, predictions, latency,
-                   output, plot, trace)
-        return
-    _run_one(requests, policy, config_for(policy), predictions, latency, output,
-             per_request, show_progress, trace)
+    if output:
+        write_json(report, output)
+    if plot:
+        plot_sweep(report, plot)
+    typer.echo(json.dumps({k: v for k, v in report.items() if k != "policies"}, indent=2))
 
 
-def _policy_name(choice: PolicyChoice):
-    from server.policy import PolicyName
-
-    return {
-        PolicyChoice.FCFS: PolicyName.FCFS,
-        PolicyChoice.SJF: PolicyName.SJF,
-        PolicyChoice.SJF_AGED: PolicyName.SJF_AGED,
-        PolicyChoice.SJF_ORACLE: PolicyName.SJF,
-        PolicyChoice.SJF_AGED_ORACLE: PolicyName.SJF_AGED,
-    }[choice]
-
-
-def _predictions(choice, source, requests, estimate, noise_sigma, seed, cache):
-    from .predictions import PredictionError, PredictionSource, predictions_for
-
-    if choice in (PolicyChoice.SJF_ORACLE, PolicyChoice.SJF_AGED_ORACLE):
-        resolved = PredictionSource.ORACLE
-    elif choice == PolicyChoice.FCFS:
-        # FCFS never ranks by length; with several workers, routing then
-        # balances sequence counts rather than using anybody's prediction.
-        resolved = PredictionSource.NONE
-    elif source != PredictionChoice.AUTO:
-        resolved = PredictionSource(source.value)
-    elif all(r.predicted_tokens is not None for r in requests):
-        resolved = PredictionSource.TRACE
-    elif all(r.prompt_text for r in requests):
-        resolved = PredictionSource.PREDICTOR
-    else:
-        _fail("this trace has neither predictions nor prompt text: choose --prediction-source "
-              "oracle-noise (synthetic, named as such) or oracle")
-    predictor = None
-    if resolved == PredictionSource.PREDICTOR:
-        if "predictor" not in cache:
-            cache["predictor"] = _load_trained_predictor()
-        predictor = cache["predictor"]
-    key = (resolved, estimate)
-    if key not in cache:
-        try:
-            cache[key] = predictions_for(resolved, requests, predictor=predictor,
-                                         estimate=estimate, noise_sigma=noise_sigma, seed=seed)
-        except PredictionError as exc:
-            _fail(str(exc))
-    return cache[key], resolved.value
-
-
-def _load_requests(trace, limit, castillo_data, castillo_model, num_requests, rate,
-                   arrival_trace, seed, heldout_only):
-    from .trace import TraceFormatError, load_trace
-    from .workload import castillo_workload, load_castillo_rows, poisson_arrivals
-
-    if trace != CASTILLO:
-        try:
-            requests = load_trace(trace, limit=limit)
-        except TraceFormatError as exc:
-            _fail(str(exc))
-        if not requests:
-            _fail(f"{trace}: no replayable requests")
-        return requests
-    from predictor.errors import CastilloDataError
-
-    try:
-        rows = load_castillo_rows(castillo_data, model=castillo_model, heldout_only=heldout_only)
-    except (FileNotFoundError, ValueError, CastilloDataError) as exc:
-        _fail(str(exc))
-    if arrival_trace is not None:
-        try:
-            arrivals = [r.arrival_time for r in load_trace(arrival_trace, limit=num_requests)]
-        except TraceFormatError as exc:
-            _fail(str(exc))
-    else:
-        arrivals = poisson_arrivals(num_requests, rate, seed)
-    return castillo_workload(rows, arrivals, seed=seed)
-
-
-def _run_one(requests, choice, config, predictions, latency, output, per_request,
-             show_progress, trace) -> None:
-    from dataclasses import replace
-
+def _run_one(requests, engine, gateway, latency, cache, output, per_request, show_progress,
+             trace) -> None:
     from .report import summarize, write_json, write_per_request
-    from .simulation import run_simulation
+    from .runner import describe, run_one
 
-    preds, source = predictions(choice)
-    config = replace(config, policy=replace(config.policy, name=_policy_name(choice)))
     hook = None
     bar = None
     if show_progress:
@@ -265,70 +197,15 @@ def _run_one(requests, choice, config, predictions, latency, output, per_request
         def hook(done: int, _now: float) -> None:
             bar.update(done - bar.n)
 
-    result = run_simulation(requests, preds, config, latency, progress=hook)
+    one = run_one(requests, engine, gateway, latency, cache, progress=hook)
     if bar is not None:
         bar.close()
-    summary = summarize(
-        result,
-        {
-            "trace": str(trace),
-            "policy": choice.value,
-            "prediction_source": source,
-            "engine": {
-                "max_num_seqs": config.engine.max_num_seqs,
-                "max_num_batched_tokens": config.engine.max_num_batched_tokens,
-                "kv_cache_tokens": config.engine.kv_cache_tokens,
-                "block_size": config.engine.block_size,
-                "scheduling_policy": config.engine.queue_mode.value,
-            },
-            "workers": config.workers,
-            "cost_model": latency.describe(),
-        },
-    )
+    summary = summarize(one.result, describe(one, str(trace), latency))
     if output:
         write_json(summary, output)
     if per_request:
-        write_per_request(result, per_request)
+        write_per_request(one.result, per_request)
     typer.echo(json.dumps(summary, indent=2))
-
-
-def _run_sweep(requests, sweep_rate, policies, config_for, predictions, latency, output,
-               plot, trace) -> None:
-    from .report import write_json
-    from .sweep import PolicyArm, plot_sweep, run_sweep
-
-    loads = _parse_floats(sweep_rate)
-    if not loads or any(not 0 < x for x in loads):
-        _fail("--sweep-rate needs positive loads")
-    arms = []
-    sources = {}
-    for name in [p.strip() for p in policies.split(",") if p.strip()]:
-        try:
-            choice = PolicyChoice(name)
-        except ValueError:
-            _fail(f"unknown policy {name!r}")
-        preds, source = predictions(choice)
-        sources[name] = source
-        arms.append(PolicyArm(name, _policy_name(choice), preds))
-    # One engine mode per arm: fcfs runs plain vLLM, the others priority.
-    base_config = config_for(PolicyChoice.SJF)
-    fcfs_config = config_for(PolicyChoice.FCFS)
-    report = run_sweep(
-        requests,
-        arms,
-        loads,
-        base_config,
-        latency,
-        progress=lambda line: typer.echo(line, err=True),
-        config_for_arm=lambda arm: fcfs_config if arm.label == "fcfs" else base_config,
-    )
-    report.update({"trace": str(trace), "requests": len(requests), "prediction_sources": sources,
-                   "cost_model": latency.describe()})
-    if output:
-        write_json(report, output)
-    if plot:
-        plot_sweep(report, plot)
-    typer.echo(json.dumps({k: v for k, v in report.items() if k != "policies"}, indent=2))
 
 
 @app.command("fit-cost-model")
@@ -451,51 +328,31 @@ def fidelity(
     strict: Annotated[bool, typer.Option(help="Exit 1 when an arm misses the tolerance")] = False,
 ) -> None:
     """Replay a live run's gateway logs through the simulator; compare E2E and TTFT."""
-    from dataclasses import replace
-
     from lengthwise.common.files import write_json_report
-    from server.policy import EngineQueueMode
 
-    from .calibrate import RequestOverhead, load_request_overhead
     from .fidelity import (
         ClientArrivals,
-        LiveSetup,
+        LiveOverrides,
         format_table,
+        live_setup,
         policy_what_if,
         run_fidelity,
     )
     from .latency import load_cost_model
 
+    overrides = LiveOverrides(
+        client_arrivals=ClientArrivals(client_arrivals.value), tolerance=tolerance,
+        gateway_overhead_s=gateway_overhead_ms / 1000.0, max_num_seqs=max_num_seqs,
+        max_num_batched_tokens=max_num_batched_tokens, kv_cache_tokens=kv_cache_tokens,
+        block_size=block_size, chunked_prefill=chunked_prefill,
+        engine_queue=None if engine_queue == EngineQueueChoice.AUTO else engine_queue.value,
+        max_model_len=max_model_len, admission_max_seqs=admission_max_seqs,
+        aging_s_per_token=aging_s_per_token,
+        request_overhead_s=None if request_overhead_ms is None else request_overhead_ms / 1000,
+        response_overhead_s=None if response_overhead_ms is None else response_overhead_ms / 1000)
     try:
         latency = load_cost_model(cost_model, num_layers)
-        setup = LiveSetup.bench_defaults(client_arrivals=ClientArrivals(client_arrivals.value),
-                                         tolerance=tolerance,
-                                         gateway_overhead_s=gateway_overhead_ms / 1000.0)
-        engine_changes = {k: v for k, v in {
-            "max_num_seqs": max_num_seqs, "max_num_batched_tokens": max_num_batched_tokens,
-            "kv_cache_tokens": kv_cache_tokens, "block_size": block_size,
-            "chunked_prefill": chunked_prefill,
-        }.items() if v is not None}
-        if engine_queue != EngineQueueChoice.AUTO:
-            engine_changes["queue_mode"] = EngineQueueMode(engine_queue.value)
-        if max_model_len is not None:
-            setup = replace(setup, max_model_len=max_model_len)
-            if max_num_batched_tokens is None and not setup.engine.chunked_prefill:
-                engine_changes["max_num_batched_tokens"] = max(max_model_len, 2048)
-        setup = replace(setup, engine=replace(setup.engine, **engine_changes))
-        if admission_max_seqs is not None:
-            setup = replace(setup, admission_max_sequences=admission_max_seqs)
-        if aging_s_per_token is not None:
-            setup = replace(setup, aging_s_per_token=aging_s_per_token)
-        measured = (load_request_overhead(cost_model) if cost_model.suffix == ".json" else None
-                    ) or RequestOverhead()
-        overhead = RequestOverhead(
-            measured.pre_engine_s if request_overhead_ms is None else request_overhead_ms / 1000,
-            measured.post_engine_s if response_overhead_ms is None else response_overhead_ms / 1000,
-            measured.source if request_overhead_ms is None and response_overhead_ms is None
-            else "command line",
-        )
-        setup = replace(setup, overhead=overhead)
+        setup = live_setup(overrides, cost_model)
         report = run_fidelity(logs, latency, setup)
         if what_if:
             admissions = [int(x) for x in what_if.split(",") if x.strip()]
