@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -399,3 +400,68 @@ def fidelity_vllm(
     typer.echo(f"wrote {output}")
     if strict and not report["pass"]:
         raise typer.Exit(1)
+
+
+@app.command("regimes")
+def regimes(
+    cost_model: Annotated[Path | None, typer.Option(
+        help="Operator-table folder (default: the shared RTX PRO 6000 tables)")] = None,
+    num_layers: Annotated[int | None, typer.Option(help="Decoder layers (default: from the tables)")] = None,
+    workloads: Annotated[str | None, typer.Option(
+        help="Comma-separated workloads (default: all; see simulator.regimes)")] = None,
+    loads: Annotated[str, typer.Option(help="Offered load over plain vLLM's saturation")] = "0.5,0.75,1,1.25,1.5",
+    burst: Annotated[bool, typer.Option(help="Add the on/off burst cell")] = True,
+    seeds: Annotated[str, typer.Option(help="Seeds (the defaults were tuned on seed 0)")] = "1,2",
+    num_requests: Annotated[int, typer.Option()] = 2000,
+    roomy_kv_tokens: Annotated[int, typer.Option(help="KV cache of the roomy GPU")] = 480_000,
+    memory_bound_kv_tokens: Annotated[int, typer.Option(help="KV cache of the 24 GB card")] = 41_408,
+    variants: Annotated[str | None, typer.Option(
+        help="Extra gateway admission arms, e.g. 'kv_budget=2;kv_budget=3,engine_queue=8'")] = None,
+    output: Annotated[Path, typer.Option(
+        help="JSON report; heatmaps (<stem>_<figure>.png) and the table (.md) go beside it")
+    ] = Path("reports/regime_map.json"),
+) -> None:
+    """The regime map: plain vLLM vs the default gateway vs the oracle, by GPU, workload, load."""
+    from lengthwise.common.paths import shared_dir
+    from predictor.api import load_served_predictor
+    from server.config import GatewayConfig
+
+    from .latency import RTX_PRO_6000_TABLES, load_cost_model
+    from .regimes import (
+        MEMORY_BOUND,
+        ROOMY,
+        RegimeRunner,
+        RegimeSpec,
+        default_workloads,
+        variant_arms,
+        worst_throughput,
+        write_outputs,
+    )
+
+    gateway = GatewayConfig()
+    known = default_workloads()
+    chosen = [w.strip() for w in workloads.split(",")] if workloads else list(known)
+    unknown = [w for w in chosen if w not in known]
+    if unknown:
+        _fail(f"unknown workloads {unknown}; known: {', '.join(known)}")
+    try:
+        latency = load_cost_model(cost_model or shared_dir() / RTX_PRO_6000_TABLES, num_layers)
+        extra = variant_arms(variants or "", gateway.policy_config, gateway.admission_limits)
+        spec = RegimeSpec(
+            gpus=(replace(ROOMY, kv_cache_tokens=roomy_kv_tokens),
+                  replace(MEMORY_BOUND, kv_cache_tokens=memory_bound_kv_tokens)),
+            workloads=chosen, loads=_parse_floats(loads), burst=burst,
+            seeds=[int(x) for x in _parse_floats(seeds)], num_requests=num_requests,
+            extra_arms=tuple(extra))
+    except (OSError, ValueError) as exc:
+        _fail(str(exc))
+    predictor = load_served_predictor() if any(known[w].prompts for w in chosen) else None
+    runner = RegimeRunner(spec, latency, gateway.policy_config, gateway.admission_limits,
+                          predictor, known, progress=lambda line: typer.echo(line, err=True))
+    report = runner.run()
+    report["predictor_version"] = getattr(predictor, "version", None)
+    for path in write_outputs(report, output):
+        typer.echo(f"wrote {path}")
+    worst = worst_throughput(report)
+    if worst:
+        typer.echo(f"default gateway's worst throughput ratio: {worst['ratio']:.3f} ({worst})")
