@@ -243,13 +243,15 @@ def _metrics(summary: dict) -> dict:
         "e2e_mean_ms": summary["e2e_ms"]["mean"], "e2e_p50_ms": summary["e2e_ms"]["p50"],
         "e2e_p99_ms": summary["e2e_ms"]["p99"], "ttft_mean_ms": summary["ttft_ms"]["mean"],
         "ttft_p99_ms": summary["ttft_ms"]["p99"],
-        "throughput_tok_s": summary["throughput_tok_s"], "preemptions": summary["preemptions"],
+        "throughput_tok_s": summary["throughput_tok_s"],
+        "sustained_throughput_tok_s": summary["sustained_throughput_tok_s"],
+        "preemptions": summary["preemptions"],
         "dropped": summary["dropped"], "completed": summary["completed"],
     }
 
 
 RATIO_KEYS = ("e2e_mean_ms", "e2e_p50_ms", "e2e_p99_ms", "ttft_mean_ms", "ttft_p99_ms",
-              "throughput_tok_s")
+              "throughput_tok_s", "sustained_throughput_tok_s")
 
 
 def _ratios(arm: dict, base: dict) -> dict:

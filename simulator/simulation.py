@@ -55,6 +55,10 @@ class SimResult:
     sim_wall_s: float
     end_time: float
     events: int
+    #: output tokens the engines had generated when the last request arrived: the
+    #: throughput while the trace was offered, without the drain after it
+    tokens_by_last_arrival: int = 0
+    last_arrival: float = 0.0
 
     @property
     def preemptions(self) -> int:
@@ -109,6 +113,12 @@ def run_simulation(
         records.append(record)
         loop.schedule(req.arrival_time + req.gateway_delay_s, Phase.ARRIVAL, gateway.on_arrival,
                       record)
+    snapshot = {"tokens": 0}
+    last_arrival = max((r.arrival_time for r in requests), default=0.0)
+    if requests:
+        # STEP_START phase: after every same-time step end and arrival
+        loop.schedule(last_arrival, Phase.STEP_START, lambda _t, _p: snapshot.__setitem__(
+            "tokens", sum(r.generated_tokens for r in replicas)))
     if progress is None:
         loop.run()
     else:
@@ -127,4 +137,6 @@ def run_simulation(
         sim_wall_s=time.perf_counter() - wall0,
         end_time=loop.now,
         events=loop.events_handled,
+        tokens_by_last_arrival=snapshot["tokens"],
+        last_arrival=last_arrival,
     )
