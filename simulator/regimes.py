@@ -176,11 +176,13 @@ def default_arms(policy: PolicyConfig, admission: AdmissionLimits) -> list[Arm]:
 
 
 def variant_arms(text: str, policy: PolicyConfig, admission: AdmissionLimits) -> list[Arm]:
-    """Extra gateway arms for tuning the admission defaults: ``kv_budget=2;engine_queue=8,
-    kv_budget=3`` (``;`` between arms, ``,`` between fields; ``kv_budget=none`` ignores KV)."""
+    """Extra gateway arms for tuning the defaults: ``kv_budget=2;engine_queue=8,kv_budget=3``
+    (``;`` between arms, ``,`` between fields; ``kv_budget=none`` ignores KV;
+    ``aging_s_per_token`` changes the policy's aging)."""
     arms = []
     for spec in filter(None, (x.strip() for x in text.split(";"))):
         changes: dict = {}
+        aging: dict = {}
         for item in spec.split(","):
             key, _, value = item.partition("=")
             key = key.strip()
@@ -188,10 +190,14 @@ def variant_arms(text: str, policy: PolicyConfig, admission: AdmissionLimits) ->
                 changes[key] = None if value.strip().lower() == "none" else float(value)
             elif key == "engine_queue":
                 changes[key] = int(value)
+            elif key == "aging_s_per_token":
+                aging[key] = float(value)
             else:
-                raise ValueError(f"unknown admission field {key!r} (kv_budget, engine_queue)")
-        label = "gateway[" + ",".join(f"{k}={v}" for k, v in changes.items()) + "]"
-        arms.append(Arm(label, policy, replace(admission, **changes), EngineQueueMode.PRIORITY))
+                raise ValueError(f"unknown field {key!r} (kv_budget, engine_queue, "
+                                 "aging_s_per_token)")
+        label = "gateway[" + ",".join(f"{k}={v}" for k, v in {**changes, **aging}.items()) + "]"
+        arms.append(Arm(label, replace(policy, **aging), replace(admission, **changes),
+                        EngineQueueMode.PRIORITY))
     return arms
 
 
@@ -201,7 +207,7 @@ class RegimeSpec:
     workloads: Sequence[str] = tuple(default_workloads())
     loads: Sequence[float] = DEFAULT_LOADS
     burst: bool = True
-    seeds: Sequence[int] = (1, 2)
+    seeds: Sequence[int] = (1,)
     num_requests: int = 2000
     block_size: int = 16
     extra_arms: Sequence[Arm] = field(default_factory=tuple)
