@@ -1,9 +1,11 @@
 """``lengthwise simulate …``: replay a trace through the simulated gateway and engines.
 
 ``lengthwise simulate TRACE [options]`` runs one simulation (``run`` is the
-default subcommand); ``calibrate`` fits a step-time model to a live vLLM
-worker; ``fit-cost-model`` fits the linear model to an operator table;
-``fidelity`` replays a live run's gateway request logs and compares latencies.
+default subcommand; the work is in :mod:`simulator.runner`); ``regimes`` draws the
+regime map; ``fidelity-vllm`` replays a real vLLM run on its GPU's operator tables;
+``calibrate`` fits a step-time model to a live vLLM worker; ``fit-cost-model`` fits
+the linear model to an operator table; ``fidelity`` replays a live run's gateway
+request logs and compares latencies.
 """
 
 from __future__ import annotations
