@@ -1,15 +1,18 @@
 """``lengthwise simulate …``: replay a trace through the simulated gateway and engines.
 
 ``lengthwise simulate TRACE [options]`` runs one simulation (``run`` is the
-default subcommand); ``calibrate`` fits a step-time model to a live vLLM
-worker; ``fit-cost-model`` fits the linear model to an operator table;
-``fidelity`` replays a live run's gateway request logs and compares latencies.
+default subcommand; the work is in :mod:`simulator.runner`); ``regimes`` draws the
+regime map; ``fidelity-vllm`` replays a real vLLM run on its GPU's operator tables;
+``calibrate`` fits a step-time model to a live vLLM worker; ``fit-cost-model`` fits
+the linear model to an operator table; ``fidelity`` replays a live run's gateway
+request logs and compares latencies.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -17,7 +20,21 @@ from typing import Annotated
 import typer
 from typer.core import TyperGroup
 
-from server.policy import PolicyConfig
+from server.policy import PointEstimate, PolicyConfig, PolicyName
+
+from .predictions import PredictionSource
+from .replica import EngineConfig
+from .runner import (
+    AdmissionMode,
+    EngineOptions,
+    EngineQueueChoice,
+    GatewayOptions,
+    PredictionCache,
+    RunError,
+    WorkloadOptions,
+    parse_arms,
+    run_load_sweep,
+)
 
 
 class _DefaultRunGroup(TyperGroup):
@@ -30,32 +47,6 @@ class _DefaultRunGroup(TyperGroup):
 
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, cls=_DefaultRunGroup, help=__doc__)
-
-
-class PolicyChoice(StrEnum):
-    FCFS = "fcfs"
-    SJF = "sjf"
-    SJF_AGED = "sjf-aged"
-    SJF_ORACLE = "sjf-oracle"
-    SJF_AGED_ORACLE = "sjf-aged-oracle"
-
-
-class EngineQueueChoice(StrEnum):
-    AUTO = "auto"
-    FCFS = "fcfs"
-    PRIORITY = "priority"
-
-
-class PredictionChoice(StrEnum):
-    AUTO = "auto"
-    PREDICTOR = "predictor"
-    TRACE = "trace"
-    ORACLE = "oracle"
-    ORACLE_NOISE = "oracle-noise"
-    NONE = "none"
-
-
-CASTILLO = "castillo"
 
 
 def _fail(message: str) -> None:
@@ -71,190 +62,134 @@ def _parse_floats(text: str) -> list[float]:
         raise
 
 
-def _load_trained_predictor():
-    """The default trained artifact (``predictor.api``); trains it first if it is missing."""
-    from predictor.api import load_default_predictor
-
-    return load_default_predictor()
+_ENGINE = "Engine (vLLM arguments and the GPU's cost model)"
+_WORKLOAD = "Workload"
+_GATEWAY = "Gateway (policy, predictions, admission)"
+_SWEEP = "Load sweep"
+_DEFAULT_ENGINE = EngineConfig()
+_DEFAULT_POLICY = PolicyConfig()
 
 
 @app.command("run")
 def run(
     trace: Annotated[str, typer.Argument(help="Trace file (.csv/.jsonl) or 'castillo'")],
-    cost_model: Annotated[Path, typer.Option(help="Operator-table folder or linear-model .json")],
-    num_layers: Annotated[int | None, typer.Option(help="Decoder layers (operator tables time one)")] = None,
-    step_overhead_ms: Annotated[float, typer.Option(help="Host time added to every step")] = 0.0,
-    max_num_seqs: Annotated[int, typer.Option()] = 256,
-    max_num_batched_tokens: Annotated[int, typer.Option()] = 2048,
-    kv_cache_tokens: Annotated[int, typer.Option(help="KV capacity per worker, tokens")] = 262_144,
-    block_size: Annotated[int, typer.Option()] = 16,
-    max_model_len: Annotated[int | None, typer.Option(help="Longest prompt+output accepted")] = None,
-    workers: Annotated[int, typer.Option()] = 1,
-    policy: Annotated[PolicyChoice, typer.Option()] = PolicyChoice.FCFS,
+    cost_model: Annotated[Path, typer.Option(
+        help="Operator-table folder or linear-model .json", rich_help_panel=_ENGINE)],
+    num_layers: Annotated[int | None, typer.Option(
+        help="Decoder layers (default: known from the tables' model)", rich_help_panel=_ENGINE)] = None,
+    step_overhead_ms: Annotated[float, typer.Option(
+        help="Host time added to every step", rich_help_panel=_ENGINE)] = 0.0,
+    max_num_seqs: Annotated[int, typer.Option(rich_help_panel=_ENGINE)] = _DEFAULT_ENGINE.max_num_seqs,
+    max_num_batched_tokens: Annotated[int, typer.Option(
+        rich_help_panel=_ENGINE)] = _DEFAULT_ENGINE.max_num_batched_tokens,
+    kv_cache_tokens: Annotated[int, typer.Option(
+        help="KV capacity per worker, tokens", rich_help_panel=_ENGINE)] = _DEFAULT_ENGINE.kv_cache_tokens,
+    block_size: Annotated[int, typer.Option(rich_help_panel=_ENGINE)] = _DEFAULT_ENGINE.block_size,
+    prefix_caching: Annotated[bool, typer.Option(
+        rich_help_panel=_ENGINE)] = _DEFAULT_ENGINE.prefix_caching,
+    async_scheduling: Annotated[bool, typer.Option(
+        rich_help_panel=_ENGINE)] = _DEFAULT_ENGINE.async_scheduling,
+    max_model_len: Annotated[int | None, typer.Option(
+        help="Longest prompt+output accepted", rich_help_panel=_ENGINE)] = None,
+    workers: Annotated[int, typer.Option(rich_help_panel=_ENGINE)] = 1,
     engine_queue: Annotated[EngineQueueChoice, typer.Option(
-        help="vLLM --scheduling-policy; auto = fcfs for --policy fcfs, else priority")] = EngineQueueChoice.AUTO,
-    aging_s_per_token: Annotated[float, typer.Option()] = PolicyConfig().aging_s_per_token,
-    point_estimate: Annotated[str, typer.Option(help="mean, p50 or p90")] = "mean",
-    prediction_source: Annotated[PredictionChoice, typer.Option()] = PredictionChoice.AUTO,
-    noise_sigma: Annotated[float, typer.Option(help="oracle-noise: log-normal sigma")] = 0.5,
-    admission_max_seqs: Annotated[int | None, typer.Option(help="Per-worker in-flight limit")] = None,
-    admission_max_predicted_tokens: Annotated[float | None, typer.Option()] = None,
-    queue_capacity: Annotated[int | None, typer.Option(help="Gateway queue bound")] = None,
-    limit: Annotated[int | None, typer.Option(help="Use the first N trace records")] = None,
-    castillo_data: Annotated[Path | None, typer.Option(help="CASTILLO file or folder (default: shared copy)")] = None,
-    castillo_all_prompts: Annotated[bool, typer.Option(help="castillo: also use the predictor's training prompts")] = False,
-    castillo_model: Annotated[str | None, typer.Option(help="Keep rows of this model")] = None,
-    num_requests: Annotated[int, typer.Option(help="castillo: number of requests")] = 2000,
-    rate: Annotated[float, typer.Option(help="castillo: Poisson arrival rate, req/s")] = 1.0,
-    arrival_trace: Annotated[Path | None, typer.Option(help="castillo: take arrival times from this trace")] = None,
-    seed: Annotated[int, typer.Option()] = 0,
-    output: Annotated[Path | None, typer.Option()] = None,
+        help="vLLM --scheduling-policy; auto = fcfs for --policy fcfs, else priority",
+        rich_help_panel=_ENGINE)] = EngineQueueChoice.AUTO,
+    policy: Annotated[PolicyName, typer.Option(rich_help_panel=_GATEWAY)] = PolicyName.FCFS,
+    predictions: Annotated[PredictionSource | None, typer.Option(
+        help="Where ranked lengths come from (default: the trace's, else the trained "
+             "predictor on its prompts); fcfs uses none", rich_help_panel=_GATEWAY)] = None,
+    aging_s_per_token: Annotated[float, typer.Option(
+        rich_help_panel=_GATEWAY)] = _DEFAULT_POLICY.aging_s_per_token,
+    point_estimate: Annotated[PointEstimate, typer.Option(
+        rich_help_panel=_GATEWAY)] = _DEFAULT_POLICY.point_estimate,
+    noise_sigma: Annotated[float, typer.Option(
+        help="oracle-noise: log-normal sigma", rich_help_panel=_GATEWAY)] = 0.5,
+    admission: Annotated[AdmissionMode, typer.Option(
+        help="unlimited: plain vLLM; gateway: the gateway's default (follows the engine)",
+        rich_help_panel=_GATEWAY)] = AdmissionMode.UNLIMITED,
+    admission_max_seqs: Annotated[int | None, typer.Option(
+        help="Hand-set per-worker in-flight cap", rich_help_panel=_GATEWAY)] = None,
+    admission_max_predicted_tokens: Annotated[float | None, typer.Option(
+        help="Hand-set per-worker cap on predicted tokens in flight", rich_help_panel=_GATEWAY)] = None,
+    queue_capacity: Annotated[int | None, typer.Option(
+        help="Gateway queue bound", rich_help_panel=_GATEWAY)] = None,
+    limit: Annotated[int | None, typer.Option(
+        help="Use the first N trace records", rich_help_panel=_WORKLOAD)] = None,
+    castillo_data: Annotated[Path | None, typer.Option(
+        help="CASTILLO file or folder (default: shared copy)", rich_help_panel=_WORKLOAD)] = None,
+    castillo_all_prompts: Annotated[bool, typer.Option(
+        help="castillo: also use the predictor's training prompts", rich_help_panel=_WORKLOAD)] = False,
+    castillo_model: Annotated[str | None, typer.Option(
+        help="Keep rows of this model", rich_help_panel=_WORKLOAD)] = None,
+    num_requests: Annotated[int, typer.Option(
+        help="castillo: number of requests", rich_help_panel=_WORKLOAD)] = 2000,
+    rate: Annotated[float, typer.Option(
+        help="castillo: Poisson arrival rate, req/s", rich_help_panel=_WORKLOAD)] = 1.0,
+    arrival_trace: Annotated[Path | None, typer.Option(
+        help="castillo: take arrival times from this trace", rich_help_panel=_WORKLOAD)] = None,
+    seed: Annotated[int, typer.Option(rich_help_panel=_WORKLOAD)] = 0,
+    output: Annotated[Path | None, typer.Option(help="Summary (or sweep) JSON")] = None,
     per_request: Annotated[Path | None, typer.Option(help="Per-request .csv or .parquet")] = None,
     sweep_rate: Annotated[str | None, typer.Option(
-        help="Comma-separated loads (offered/saturation), e.g. 0.5,0.7,0.9")] = None,
-    policies: Annotated[str, typer.Option(help="--sweep-rate: policies to compare")] = "fcfs,sjf,sjf-oracle",
-    plot: Annotated[Path | None, typer.Option(help="--sweep-rate: latency-vs-load PNG")] = None,
+        help="Comma-separated loads (offered/saturation), e.g. 0.5,0.7,0.9",
+        rich_help_panel=_SWEEP)] = None,
+    policies: Annotated[str, typer.Option(
+        help="--sweep-rate: policies to compare", rich_help_panel=_SWEEP)] = "fcfs,sjf",
+    sweep_predictions: Annotated[str, typer.Option(
+        help="--sweep-rate: prediction sources of the non-fcfs policies",
+        rich_help_panel=_SWEEP)] = "predictor,oracle",
+    plot: Annotated[Path | None, typer.Option(
+        help="--sweep-rate: latency-vs-load PNG", rich_help_panel=_SWEEP)] = None,
     progress: Annotated[bool | None, typer.Option(help="Progress bar (default: long runs)")] = None,
 ) -> None:
     """Replay TRACE through the gateway policy and vLLM-like engines."""
-    from server.policy import AdmissionLimits, EngineQueueMode, PointEstimate, PolicyConfig
-
-    from .latency import load_cost_model
-    from .replica import EngineConfig
-    from .simulation import SimConfig
-
     try:
-        latency = load_cost_model(cost_model, num_layers, step_overhead_ms / 1000.0)
-    except (ValueError, FileNotFoundError) as exc:
+        engine = EngineOptions(
+            cost_model, num_layers, step_overhead_ms,
+            EngineConfig(max_num_seqs, max_num_batched_tokens, kv_cache_tokens, block_size,
+                         prefix_caching=prefix_caching, async_scheduling=async_scheduling),
+            engine_queue, max_model_len, workers)
+        workload = WorkloadOptions(trace, limit, castillo_data, castillo_all_prompts,
+                                   castillo_model, num_requests, rate, arrival_trace, seed)
+        gateway = GatewayOptions(policy, predictions, point_estimate, aging_s_per_token,
+                                 noise_sigma, admission, admission_max_seqs,
+                                 admission_max_predicted_tokens, queue_capacity)
+        gateway.limits()
+        latency = engine.latency()
+        requests = workload.load()
+        cache = PredictionCache(requests, gateway, seed)
+        if sweep_rate:
+            report = run_load_sweep(requests, _parse_floats(sweep_rate),
+                                    parse_arms(policies, sweep_predictions), engine, gateway,
+                                    latency, cache, progress=lambda line: typer.echo(line, err=True))
+            report["trace"] = trace
+            _write_sweep(report, output, plot)
+            return
+        _run_one(requests, engine, gateway, latency, cache, output, per_request,
+                 progress if progress is not None else len(requests) > 5000, trace)
+    except RunError as exc:
         _fail(str(exc))
-    requests = _load_requests(trace, limit, castillo_data, castillo_model, num_requests, rate,
-                              arrival_trace, seed, not castillo_all_prompts)
-    try:
-        estimate = PointEstimate(point_estimate)
-        base_policy = PolicyConfig(point_estimate=estimate, aging_s_per_token=aging_s_per_token)
-        admission = AdmissionLimits.fixed(admission_max_seqs, admission_max_predicted_tokens)
-        engine_kwargs = {
-            "max_num_seqs": max_num_seqs,
-            "max_num_batched_tokens": max_num_batched_tokens,
-            "kv_cache_tokens": kv_cache_tokens,
-            "block_size": block_size,
-        }
-        EngineConfig(**engine_kwargs)  # validate early
-    except ValueError as exc:
+    except ValueError as exc:  # invalid engine or admission values
         _fail(str(exc))
 
-    def config_for(choice: PolicyChoice) -> SimConfig:
-        if engine_queue == EngineQueueChoice.AUTO:
-            mode = EngineQueueMode.FCFS if choice == PolicyChoice.FCFS else EngineQueueMode.PRIORITY
-        else:
-            mode = EngineQueueMode(engine_queue.value)
-        return SimConfig(
-            engine=EngineConfig(**engine_kwargs, queue_mode=mode),
-            workers=workers,
-            policy=base_policy,
-            admission=admission,
-            queue_capacity=queue_capacity,
-            max_model_len=max_model_len,
-        )
 
-    predictor_cache: dict = {}
+def _write_sweep(report: dict, output: Path | None, plot: Path | None) -> None:
+    from .report import write_json
+    from .sweep import plot_sweep
 
-    def predictions(choice: PolicyChoice) -> tuple[list[float], str]:
-        return _predictions(choice, prediction_source, requests, estimate.value, noise_sigma,
-                            seed, predictor_cache)
-
-    show_progress = progress if progress is not None else len(requests) > 5000
-    if sweep_rate:
-        _run_sweep(requests, sweep_rate, policies, config_for, predictions, latency,
-                   output, plot, trace)
-        return
-    _run_one(requests, policy, config_for(policy), predictions, latency, output,
-             per_request, show_progress, trace)
+    if output:
+        write_json(report, output)
+    if plot:
+        plot_sweep(report, plot)
+    typer.echo(json.dumps({k: v for k, v in report.items() if k != "policies"}, indent=2))
 
 
-def _policy_name(choice: PolicyChoice):
-    from server.policy import PolicyName
-
-    return {
-        PolicyChoice.FCFS: PolicyName.FCFS,
-        PolicyChoice.SJF: PolicyName.SJF,
-        PolicyChoice.SJF_AGED: PolicyName.SJF_AGED,
-        PolicyChoice.SJF_ORACLE: PolicyName.SJF,
-        PolicyChoice.SJF_AGED_ORACLE: PolicyName.SJF_AGED,
-    }[choice]
-
-
-def _predictions(choice, source, requests, estimate, noise_sigma, seed, cache):
-    from .predictions import PredictionError, PredictionSource, predictions_for
-
-    if choice in (PolicyChoice.SJF_ORACLE, PolicyChoice.SJF_AGED_ORACLE):
-        resolved = PredictionSource.ORACLE
-    elif choice == PolicyChoice.FCFS:
-        # FCFS never ranks by length; with several workers, routing then
-        # balances sequence counts rather than using anybody's prediction.
-        resolved = PredictionSource.NONE
-    elif source != PredictionChoice.AUTO:
-        resolved = PredictionSource(source.value)
-    elif all(r.predicted_tokens is not None for r in requests):
-        resolved = PredictionSource.TRACE
-    elif all(r.prompt_text for r in requests):
-        resolved = PredictionSource.PREDICTOR
-    else:
-        _fail("this trace has neither predictions nor prompt text: choose --prediction-source "
-              "oracle-noise (synthetic, named as such) or oracle")
-    predictor = None
-    if resolved == PredictionSource.PREDICTOR:
-        if "predictor" not in cache:
-            cache["predictor"] = _load_trained_predictor()
-        predictor = cache["predictor"]
-    key = (resolved, estimate)
-    if key not in cache:
-        try:
-            cache[key] = predictions_for(resolved, requests, predictor=predictor,
-                                         estimate=estimate, noise_sigma=noise_sigma, seed=seed)
-        except PredictionError as exc:
-            _fail(str(exc))
-    return cache[key], resolved.value
-
-
-def _load_requests(trace, limit, castillo_data, castillo_model, num_requests, rate,
-                   arrival_trace, seed, heldout_only):
-    from .trace import TraceFormatError, load_trace
-    from .workload import castillo_workload, load_castillo_rows, poisson_arrivals
-
-    if trace != CASTILLO:
-        try:
-            requests = load_trace(trace, limit=limit)
-        except TraceFormatError as exc:
-            _fail(str(exc))
-        if not requests:
-            _fail(f"{trace}: no replayable requests")
-        return requests
-    from predictor.errors import CastilloDataError
-
-    try:
-        rows = load_castillo_rows(castillo_data, model=castillo_model, heldout_only=heldout_only)
-    except (FileNotFoundError, ValueError, CastilloDataError) as exc:
-        _fail(str(exc))
-    if arrival_trace is not None:
-        try:
-            arrivals = [r.arrival_time for r in load_trace(arrival_trace, limit=num_requests)]
-        except TraceFormatError as exc:
-            _fail(str(exc))
-    else:
-        arrivals = poisson_arrivals(num_requests, rate, seed)
-    return castillo_workload(rows, arrivals, seed=seed)
-
-
-def _run_one(requests, choice, config, predictions, latency, output, per_request,
-             show_progress, trace) -> None:
-    from dataclasses import replace
-
+def _run_one(requests, engine, gateway, latency, cache, output, per_request, show_progress,
+             trace) -> None:
     from .report import summarize, write_json, write_per_request
-    from .simulation import run_simulation
+    from .runner import describe, run_one
 
-    preds, source = predictions(choice)
-    config = replace(config, policy=replace(config.policy, name=_policy_name(choice)))
     hook = None
     bar = None
     if show_progress:
@@ -265,70 +200,15 @@ def _run_one(requests, choice, config, predictions, latency, output, per_request
         def hook(done: int, _now: float) -> None:
             bar.update(done - bar.n)
 
-    result = run_simulation(requests, preds, config, latency, progress=hook)
+    one = run_one(requests, engine, gateway, latency, cache, progress=hook)
     if bar is not None:
         bar.close()
-    summary = summarize(
-        result,
-        {
-            "trace": str(trace),
-            "policy": choice.value,
-            "prediction_source": source,
-            "engine": {
-                "max_num_seqs": config.engine.max_num_seqs,
-                "max_num_batched_tokens": config.engine.max_num_batched_tokens,
-                "kv_cache_tokens": config.engine.kv_cache_tokens,
-                "block_size": config.engine.block_size,
-                "scheduling_policy": config.engine.queue_mode.value,
-            },
-            "workers": config.workers,
-            "cost_model": latency.describe(),
-        },
-    )
+    summary = summarize(one.result, describe(one, str(trace), latency))
     if output:
         write_json(summary, output)
     if per_request:
-        write_per_request(result, per_request)
+        write_per_request(one.result, per_request)
     typer.echo(json.dumps(summary, indent=2))
-
-
-def _run_sweep(requests, sweep_rate, policies, config_for, predictions, latency, output,
-               plot, trace) -> None:
-    from .report import write_json
-    from .sweep import PolicyArm, plot_sweep, run_sweep
-
-    loads = _parse_floats(sweep_rate)
-    if not loads or any(not 0 < x for x in loads):
-        _fail("--sweep-rate needs positive loads")
-    arms = []
-    sources = {}
-    for name in [p.strip() for p in policies.split(",") if p.strip()]:
-        try:
-            choice = PolicyChoice(name)
-        except ValueError:
-            _fail(f"unknown policy {name!r}")
-        preds, source = predictions(choice)
-        sources[name] = source
-        arms.append(PolicyArm(name, _policy_name(choice), preds))
-    # One engine mode per arm: fcfs runs plain vLLM, the others priority.
-    base_config = config_for(PolicyChoice.SJF)
-    fcfs_config = config_for(PolicyChoice.FCFS)
-    report = run_sweep(
-        requests,
-        arms,
-        loads,
-        base_config,
-        latency,
-        progress=lambda line: typer.echo(line, err=True),
-        config_for_arm=lambda arm: fcfs_config if arm.label == "fcfs" else base_config,
-    )
-    report.update({"trace": str(trace), "requests": len(requests), "prediction_sources": sources,
-                   "cost_model": latency.describe()})
-    if output:
-        write_json(report, output)
-    if plot:
-        plot_sweep(report, plot)
-    typer.echo(json.dumps({k: v for k, v in report.items() if k != "policies"}, indent=2))
 
 
 @app.command("fit-cost-model")
@@ -343,7 +223,8 @@ def fit_cost_model(
     knee_tokens: Annotated[int | None, typer.Option(help="Piecewise split in tokens")] = 512,
 ) -> None:
     """Fit the linear step model to an operator table and write its coefficients."""
-    from .latency import OperatorTableModel, fit_linear, sample_batch_shapes
+    from .latency import fit_linear, sample_batch_shapes
+    from .operator_tables import OperatorTableModel
 
     table = OperatorTableModel(cost_model, num_layers)
     shapes = sample_batch_shapes(samples, max_num_seqs, max_num_batched_tokens, max_context)
@@ -450,51 +331,31 @@ def fidelity(
     strict: Annotated[bool, typer.Option(help="Exit 1 when an arm misses the tolerance")] = False,
 ) -> None:
     """Replay a live run's gateway logs through the simulator; compare E2E and TTFT."""
-    from dataclasses import replace
-
     from lengthwise.common.files import write_json_report
-    from server.policy import EngineQueueMode
 
-    from .calibrate import RequestOverhead, load_request_overhead
     from .fidelity import (
         ClientArrivals,
-        LiveSetup,
+        LiveOverrides,
         format_table,
+        live_setup,
         policy_what_if,
         run_fidelity,
     )
     from .latency import load_cost_model
 
+    overrides = LiveOverrides(
+        client_arrivals=ClientArrivals(client_arrivals.value), tolerance=tolerance,
+        gateway_overhead_s=gateway_overhead_ms / 1000.0, max_num_seqs=max_num_seqs,
+        max_num_batched_tokens=max_num_batched_tokens, kv_cache_tokens=kv_cache_tokens,
+        block_size=block_size, chunked_prefill=chunked_prefill,
+        engine_queue=None if engine_queue == EngineQueueChoice.AUTO else engine_queue.value,
+        max_model_len=max_model_len, admission_max_seqs=admission_max_seqs,
+        aging_s_per_token=aging_s_per_token,
+        request_overhead_s=None if request_overhead_ms is None else request_overhead_ms / 1000,
+        response_overhead_s=None if response_overhead_ms is None else response_overhead_ms / 1000)
     try:
         latency = load_cost_model(cost_model, num_layers)
-        setup = LiveSetup.bench_defaults(client_arrivals=ClientArrivals(client_arrivals.value),
-                                         tolerance=tolerance,
-                                         gateway_overhead_s=gateway_overhead_ms / 1000.0)
-        engine_changes = {k: v for k, v in {
-            "max_num_seqs": max_num_seqs, "max_num_batched_tokens": max_num_batched_tokens,
-            "kv_cache_tokens": kv_cache_tokens, "block_size": block_size,
-            "chunked_prefill": chunked_prefill,
-        }.items() if v is not None}
-        if engine_queue != EngineQueueChoice.AUTO:
-            engine_changes["queue_mode"] = EngineQueueMode(engine_queue.value)
-        if max_model_len is not None:
-            setup = replace(setup, max_model_len=max_model_len)
-            if max_num_batched_tokens is None and not setup.engine.chunked_prefill:
-                engine_changes["max_num_batched_tokens"] = max(max_model_len, 2048)
-        setup = replace(setup, engine=replace(setup.engine, **engine_changes))
-        if admission_max_seqs is not None:
-            setup = replace(setup, admission_max_sequences=admission_max_seqs)
-        if aging_s_per_token is not None:
-            setup = replace(setup, aging_s_per_token=aging_s_per_token)
-        measured = (load_request_overhead(cost_model) if cost_model.suffix == ".json" else None
-                    ) or RequestOverhead()
-        overhead = RequestOverhead(
-            measured.pre_engine_s if request_overhead_ms is None else request_overhead_ms / 1000,
-            measured.post_engine_s if response_overhead_ms is None else response_overhead_ms / 1000,
-            measured.source if request_overhead_ms is None and response_overhead_ms is None
-            else "command line",
-        )
-        setup = replace(setup, overhead=overhead)
+        setup = live_setup(overrides, cost_model)
         report = run_fidelity(logs, latency, setup)
         if what_if:
             admissions = [int(x) for x in what_if.split(",") if x.strip()]
@@ -509,3 +370,100 @@ def fidelity(
     typer.echo(f"wrote {output}")
     if strict and not report["pass"]:
         raise typer.Exit(1)
+
+
+@app.command("fidelity-vllm")
+def fidelity_vllm(
+    run_dir: Annotated[Path, typer.Argument(help="A real vLLM run (vllm_requests.jsonl, vllm_meta.json)")],
+    cost_model: Annotated[Path, typer.Option(help="The run's GPU: an LLMServingSim operator-table folder")],
+    num_layers: Annotated[int | None, typer.Option(help="Decoder layers (default: known from the tables' model)")] = None,
+    tp: Annotated[int, typer.Option(help="Tensor-parallel degree of the tables to use")] = 1,
+    kv_cache_tokens: Annotated[int | None, typer.Option(
+        help="KV cache size vLLM logged (default: the run's record, else an estimate)")] = None,
+    ablation: Annotated[bool, typer.Option(help="Also replay without each engine-model piece")] = True,
+    output: Annotated[Path, typer.Option()] = Path("reports/sim_fidelity_vllm.json"),
+    strict: Annotated[bool, typer.Option(help="Exit 1 when a mean misses the tolerance")] = False,
+) -> None:
+    """Replay a real vLLM run on its GPU's operator tables; compare mean TTFT, E2E and TPOT."""
+    from lengthwise.common.files import write_json_report
+
+    from .operator_tables import OperatorTableModel
+    from .vllm_run import VllmRun, fidelity_report, format_report
+
+    try:
+        run = VllmRun.load(run_dir)
+        tables = {skew: OperatorTableModel(cost_model, num_layers, tp=tp, skew=skew)
+                  for skew in (True, False)}
+        report = fidelity_report(run, tables.__getitem__, kv_cache_tokens, ablation)
+    except (OSError, ValueError, KeyError) as exc:
+        _fail(str(exc))
+    write_json_report(output, report)
+    typer.echo(format_report(report))
+    typer.echo(f"wrote {output}")
+    if strict and not report["pass"]:
+        raise typer.Exit(1)
+
+
+@app.command("regimes")
+def regimes(
+    cost_model: Annotated[Path | None, typer.Option(
+        help="Operator-table folder (default: the shared RTX PRO 6000 tables)")] = None,
+    num_layers: Annotated[int | None, typer.Option(help="Decoder layers (default: from the tables)")] = None,
+    workloads: Annotated[str | None, typer.Option(
+        help="Comma-separated workloads (default: all; see simulator.regimes)")] = None,
+    loads: Annotated[str, typer.Option(help="Offered load over plain vLLM's saturation")] = "0.5,0.75,1,1.25,1.5",
+    burst: Annotated[bool, typer.Option(help="Add the on/off burst cell")] = True,
+    seeds: Annotated[str, typer.Option(help="Seeds (the defaults were tuned on seed 0)")] = "1",
+    num_requests: Annotated[int, typer.Option()] = 2000,
+    roomy_kv_tokens: Annotated[int, typer.Option(help="KV cache of the roomy GPU")] = 480_000,
+    memory_bound_kv_tokens: Annotated[int, typer.Option(help="KV cache of the 24 GB card")] = 41_408,
+    variants: Annotated[str | None, typer.Option(
+        help="Extra gateway admission arms, e.g. 'kv_budget=2;kv_budget=3,engine_queue=8'")] = None,
+    output: Annotated[Path, typer.Option(
+        help="JSON report; heatmaps (<stem>_<figure>.png) and the table (.md) go beside it")
+    ] = Path("reports/regime_map.json"),
+) -> None:
+    """The regime map: plain vLLM vs the default gateway vs the oracle, by GPU, workload, load."""
+    from lengthwise.common.paths import shared_dir
+    from predictor.api import load_served_predictor
+    from server.config import GatewayConfig
+
+    from .latency import RTX_PRO_6000_TABLES, load_cost_model
+    from .regimes import (
+        MEMORY_BOUND,
+        ROOMY,
+        RegimeRunner,
+        RegimeSpec,
+        default_workloads,
+        variant_arms,
+        worst_throughput,
+        write_outputs,
+    )
+
+    gateway = GatewayConfig()
+    known = default_workloads()
+    chosen = [w.strip() for w in workloads.split(",")] if workloads else list(known)
+    unknown = [w for w in chosen if w not in known]
+    if unknown:
+        _fail(f"unknown workloads {unknown}; known: {', '.join(known)}")
+    try:
+        latency = load_cost_model(cost_model or shared_dir() / RTX_PRO_6000_TABLES, num_layers)
+        extra = variant_arms(variants or "", gateway.policy_config, gateway.admission_limits)
+        spec = RegimeSpec(
+            gpus=(replace(ROOMY, kv_cache_tokens=roomy_kv_tokens),
+                  replace(MEMORY_BOUND, kv_cache_tokens=memory_bound_kv_tokens)),
+            workloads=chosen, loads=_parse_floats(loads), burst=burst,
+            seeds=[int(x) for x in _parse_floats(seeds)], num_requests=num_requests,
+            extra_arms=tuple(extra))
+    except (OSError, ValueError) as exc:
+        _fail(str(exc))
+    predictor = load_served_predictor() if any(known[w].prompts for w in chosen) else None
+    runner = RegimeRunner(spec, latency, gateway.policy_config, gateway.admission_limits,
+                          predictor, known, progress=lambda line: typer.echo(line, err=True))
+    report = runner.run()
+    report["predictor_version"] = getattr(predictor, "version", None)
+    for path in write_outputs(report, output):
+        typer.echo(f"wrote {path}")
+    worst = worst_throughput(report)
+    if worst:
+        typer.echo(f"default gateway's worst throughput ratio: {worst['ratio']:.3f} ({worst})")

@@ -121,6 +121,10 @@ def bench_worker_engine() -> tuple[EngineConfig, int]:
         block_size=CPU_BLOCK_SIZE,
         queue_mode=mode,
         chunked_prefill=chunked,
+        # the bench worker runs --no-prefix-caching; the committed CPU replays were
+        # made with the synchronous loop, which is what vLLM's CPU backend runs
+        prefix_caching=False,
+        async_scheduling=False,
     )
     return engine, max_model_len
 
@@ -157,6 +161,62 @@ class LiveSetup:
         }
         base.update(changes)
         return cls(**base)
+
+
+@dataclass(frozen=True)
+class LiveOverrides:
+    """What the command line changes in :meth:`LiveSetup.bench_defaults` (``None``: keep)."""
+
+    client_arrivals: ClientArrivals = ClientArrivals.BURST
+    tolerance: float = 0.10
+    gateway_overhead_s: float = 0.0
+    max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None
+    kv_cache_tokens: int | None = None
+    block_size: int | None = None
+    chunked_prefill: bool | None = None
+    engine_queue: str | None = None
+    max_model_len: int | None = None
+    admission_max_seqs: int | None = None
+    aging_s_per_token: float | None = None
+    request_overhead_s: float | None = None
+    response_overhead_s: float | None = None
+
+
+def live_setup(overrides: LiveOverrides, cost_model: Path) -> LiveSetup:
+    """The bench run's setup with the overrides applied; the per-request overhead comes
+    from the calibrated cost model's JSON unless given."""
+    from .calibrate import load_request_overhead
+
+    o = overrides
+    setup = LiveSetup.bench_defaults(client_arrivals=o.client_arrivals, tolerance=o.tolerance,
+                                     gateway_overhead_s=o.gateway_overhead_s)
+    engine_changes = {k: v for k, v in {
+        "max_num_seqs": o.max_num_seqs, "max_num_batched_tokens": o.max_num_batched_tokens,
+        "kv_cache_tokens": o.kv_cache_tokens, "block_size": o.block_size,
+        "chunked_prefill": o.chunked_prefill,
+    }.items() if v is not None}
+    if o.engine_queue is not None:
+        engine_changes["queue_mode"] = EngineQueueMode(o.engine_queue)
+    if o.max_model_len is not None:
+        setup = replace(setup, max_model_len=o.max_model_len)
+        if o.max_num_batched_tokens is None and not setup.engine.chunked_prefill:
+            # vLLM raises the budget to the model length when chunked prefill is off
+            engine_changes["max_num_batched_tokens"] = max(o.max_model_len, 2048)
+    setup = replace(setup, engine=replace(setup.engine, **engine_changes))
+    if o.admission_max_seqs is not None:
+        setup = replace(setup, admission_max_sequences=o.admission_max_seqs)
+    if o.aging_s_per_token is not None:
+        setup = replace(setup, aging_s_per_token=o.aging_s_per_token)
+    measured = (load_request_overhead(cost_model) if Path(cost_model).suffix == ".json"
+                else None) or RequestOverhead()
+    given = o.request_overhead_s is not None or o.response_overhead_s is not None
+    overhead = RequestOverhead(
+        measured.pre_engine_s if o.request_overhead_s is None else o.request_overhead_s,
+        measured.post_engine_s if o.response_overhead_s is None else o.response_overhead_s,
+        "command line" if given else measured.source,
+    )
+    return replace(setup, overhead=overhead)
 
 
 @dataclass(frozen=True)

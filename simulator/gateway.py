@@ -150,14 +150,14 @@ class SimGateway:
         req = record.request
         at_engine = now + self.dispatch_delay_s
         # vLLM needs at least one prompt token (traces may record 0)
+        replica = self.replicas[worker_id]
         seq = Seq(req.request_id, max(1, req.prompt_tokens), req.output_tokens, priority,
-                  at_engine, record)
+                  at_engine, record, req.prefix_keys(replica.config.block_size))
         record.dispatch_time = now
         record.worker_id = worker_id
         record.priority = priority
         record.seq = seq
         self.dispatch_order.append(qr.request_id)
-        replica = self.replicas[worker_id]
         if self.dispatch_delay_s and self.loop is not None:
             self.loop.schedule(at_engine, Phase.ARRIVAL,
                                lambda t, s: replica.add_request(s, t), seq)

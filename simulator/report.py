@@ -123,6 +123,11 @@ def summarize(result: SimResult, extra: dict | None = None) -> dict:
         "queue_ms": stats_ms(queue),
         "throughput_tok_s": out_tokens / span if span > 0 else 0.0,
         "throughput_req_s": len(e2e) / span if span > 0 else 0.0,
+        # tokens generated while requests were still arriving, per second of that window:
+        # the rate the engines sustain under the offered load, without the drain tail
+        "sustained_throughput_tok_s": (
+            result.tokens_by_last_arrival / (result.last_arrival - first_arrival)
+            if result.last_arrival > first_arrival else 0.0),
         "preemptions": result.preemptions,
         "peak_kv_usage": result.peak_kv_usage,
         "engine_steps": sum(r.num_steps for r in result.replicas),

@@ -55,6 +55,10 @@ class SimResult:
     sim_wall_s: float
     end_time: float
     events: int
+    #: output tokens the engines had generated when the last request arrived: the
+    #: throughput while the trace was offered, without the drain after it
+    tokens_by_last_arrival: int = 0
+    last_arrival: float = 0.0
 
     @property
     def preemptions(self) -> int:
@@ -74,13 +78,17 @@ def run_simulation(
     config: SimConfig,
     latency: StepLatencyModel,
     progress: ProgressHook | None = None,
+    predicted_p90_tokens: Sequence[float] | None = None,
 ) -> SimResult:
-    """Replay ``requests`` (sorted by arrival) with the given per-request predictions.
+    """Replay ``requests`` (sorted by arrival) with the given per-request predictions
+    (the point the policy ranks by; ``predicted_p90_tokens``, when given, is what the
+    gateway's admission counts for each request's KV footprint).
 
     ``progress(completed_or_dropped, virtual_time)`` is called between slices
     of virtual time when given.
     """
-    if len(requests) != len(predicted_tokens):
+    if len(requests) != len(predicted_tokens) or (
+            predicted_p90_tokens is not None and len(predicted_p90_tokens) != len(requests)):
         raise ValueError("one prediction per request is required")
     wall0 = time.perf_counter()
     loop = EventLoop()
@@ -96,14 +104,21 @@ def run_simulation(
                          response_delay_s=config.response_delay_s)
     records = []
     seen: set[str] = set()
-    for req, pred in zip(requests, predicted_tokens):
+    p90s = predicted_p90_tokens if predicted_p90_tokens is not None else [None] * len(requests)
+    for req, pred, p90 in zip(requests, predicted_tokens, p90s):
         if req.request_id in seen:
             raise ValueError(f"duplicate request id {req.request_id!r}")
         seen.add(req.request_id)
-        record = RequestRecord(req, float(pred))
+        record = RequestRecord(req, float(pred), None if p90 is None else float(p90))
         records.append(record)
         loop.schedule(req.arrival_time + req.gateway_delay_s, Phase.ARRIVAL, gateway.on_arrival,
                       record)
+    snapshot = {"tokens": 0}
+    last_arrival = max((r.arrival_time for r in requests), default=0.0)
+    if requests:
+        # STEP_START phase: after every same-time step end and arrival
+        loop.schedule(last_arrival, Phase.STEP_START, lambda _t, _p: snapshot.__setitem__(
+            "tokens", sum(r.generated_tokens for r in replicas)))
     if progress is None:
         loop.run()
     else:
@@ -122,4 +137,6 @@ def run_simulation(
         sim_wall_s=time.perf_counter() - wall0,
         end_time=loop.now,
         events=loop.events_handled,
+        tokens_by_last_arrival=snapshot["tokens"],
+        last_arrival=last_arrival,
     )

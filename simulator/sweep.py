@@ -28,11 +28,13 @@ from .workload import rescale_to_rate
 
 @dataclass(frozen=True)
 class PolicyArm:
-    """A policy as the user names it (``sjf-oracle``) = ordering + prediction source."""
+    """One arm: a policy and the lengths it ranks by (``label``: ``policy/source``)."""
 
     label: str
     policy: PolicyName
     predictions: list[float]
+    #: predicted p90 outputs for the KV footprint admission counts (None: the point)
+    p90: list[float] | None = None
 
 
 def saturation_throughput(
@@ -73,7 +75,8 @@ def run_sweep(
         for arm in arms:
             arm_config = config_for_arm(arm) if config_for_arm else config
             cfg = replace(arm_config, policy=replace(arm_config.policy, name=arm.policy))
-            res = run_simulation(scaled, arm.predictions, cfg, latency)
+            res = run_simulation(scaled, arm.predictions, cfg, latency,
+                                 predicted_p90_tokens=arm.p90)
             summary = summarize(res, {"load": rho, "rate_req_s": rho * mu})
             results[arm.label].append(summary)
             if progress:
@@ -95,8 +98,9 @@ def run_sweep(
             for label, rows in results.items()
         }
     for label, label_rows in results.items():
-        oracle = f"{label}-oracle"
-        if oracle in results:
+        policy, _, source = label.partition("/")
+        oracle = f"{policy}/oracle"
+        if source and source != "oracle" and oracle in results:
             # 0 = as good as the oracle, 1 = no better than FCFS.
             gap = []
             for r, o, b in zip(label_rows, results[oracle], base or label_rows):

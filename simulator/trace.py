@@ -3,7 +3,8 @@
 Supported inputs (``load_trace`` picks by content, not only by extension):
 
 * Azure LLM inference trace 2023 CSV: ``TIMESTAMP,ContextTokens,GeneratedTokens``.
-* Mooncake JSONL: ``timestamp`` (ms), ``input_length``, ``output_length``.
+* Mooncake JSONL: ``timestamp`` (ms), ``input_length``, ``output_length``, ``hash_ids``
+  (ids of 512-token prompt blocks: equal ids mean a shared prefix).
 * Generic CSV or JSONL: ``arrival_time_s`` or ``arrival_time_ns``, ``input_tokens``,
   ``output_tokens``, optional ``prompt_text``, ``model``, ``predicted_tokens``.
 * The gateway's JSONL request log (``server/request_log.py``): one record per
@@ -40,6 +41,19 @@ class SimRequest:
     #: seconds between the client's arrival and the request entering the gateway's
     #: queue (the live gateway predicts first); latencies still count from ``arrival_time``
     gateway_delay_s: float = 0.0
+    #: ids of the prompt's leading blocks of ``prefix_block_tokens`` tokens; equal ids mean
+    #: equal content (Mooncake's ``hash_ids``), so the engine's prefix cache can share them
+    prefix_hashes: tuple[int, ...] = ()
+    prefix_block_tokens: int = 0
+
+    def prefix_keys(self, block_size: int) -> tuple[tuple[int, int], ...]:
+        """Content keys of the prompt's full engine blocks that lie in a hashed prefix block."""
+        span = self.prefix_block_tokens
+        if not self.prefix_hashes or span <= 0 or span % block_size:
+            return ()
+        per = span // block_size
+        n = min(self.prompt_tokens // block_size, len(self.prefix_hashes) * per)
+        return tuple((self.prefix_hashes[i // per], i % per) for i in range(n))
 
 
 class TraceFormatError(ValueError):
@@ -154,12 +168,18 @@ def _azure(i: int, rec: dict) -> SimRequest:
     )
 
 
+#: Mooncake's ``hash_ids`` each cover this many prompt tokens.
+MOONCAKE_BLOCK_TOKENS = 512
+
+
 def _mooncake(i: int, rec: dict) -> SimRequest:
     return SimRequest(
         request_id=f"r{i}",
         arrival_time=float(rec["timestamp"]) / 1000.0,
         prompt_tokens=_tokens(rec["input_length"], "input_length"),
         output_tokens=max(1, _tokens(rec["output_length"], "output_length")),
+        prefix_hashes=tuple(int(h) for h in rec.get("hash_ids") or ()),
+        prefix_block_tokens=MOONCAKE_BLOCK_TOKENS,
     )
 
 

@@ -118,7 +118,7 @@ def castillo_samples(model: str, requests: int, seed: int) -> dict:
 
 
 def _castillo_setup() -> tuple[LiveSetup, object, str]:
-    """The GPU deployment of `lengthwise bench study`: RTX PRO 6000 tables, Llama-3.1-8B."""
+    """The roomy GPU deployment: RTX PRO 6000 tables, Llama-3.1-8B, plain vLLM's 256 slots."""
     from lengthwise.common.paths import shared_dir
     from server.policy import EngineQueueMode
     from simulator.latency import RTX_PRO_6000_TABLES

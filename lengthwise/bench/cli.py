@@ -320,7 +320,7 @@ def sim_speed(
     output: Output = Path("reports/sim_speed.json"),
 ) -> None:
     """Replay the whole Azure 2023 conv trace on one simulated worker: wall and CPU time."""
-    from lengthwise.bench.sim_study import speed_benchmark
+    from lengthwise.bench.sim_speed import speed_benchmark
     from lengthwise.common.files import write_json_report
     from lengthwise.common.paths import shared_dir
     from simulator.latency import RTX_PRO_6000_TABLES, load_cost_model
@@ -334,48 +334,6 @@ def sim_speed(
                         "kv_cache_tokens": kv_cache_tokens, "block_size": 16}
     write_json_report(output, report)
     _echo_json({k: v for k, v in report.items() if k != "summary"})
-
-
-@app.command()
-def study(
-    cost_model: Path | None = typer.Option(None, help="Default: the RTX PRO 6000 tables."),
-    num_layers: int = typer.Option(32),
-    castillo_model: str = typer.Option("Llama-3.1-8B", help="CASTILLO rows of the costed LLM."),
-    loads: str = typer.Option("0.5,0.6,0.7,0.8,0.9,0.95"),
-    num_requests: int = typer.Option(2000),
-    seeds: str = typer.Option("0,1,2"),
-    admission_caps: str = typer.Option(
-        "none,32", help="Per-worker admission limits to compare; 'none' = plain vLLM."),
-    max_num_seqs: int = typer.Option(256),
-    max_num_batched_tokens: int = typer.Option(2048),
-    kv_cache_tokens: int = typer.Option(520_000),
-    output: Output = Path("reports/sim_castillo_study.json"),
-) -> None:
-    """fcfs vs sjf (trained predictor) vs the oracle on CASTILLO at loads 0.5-0.95."""
-    import time
-
-    from lengthwise.bench.sim_study import castillo_study, plot_study
-    from lengthwise.common.files import write_json_report
-    from lengthwise.common.paths import shared_dir
-    from predictor.api import load_default_predictor
-    from simulator.latency import RTX_PRO_6000_TABLES, load_cost_model
-    from simulator.replica import EngineConfig
-
-    latency = load_cost_model(cost_model or shared_dir() / RTX_PRO_6000_TABLES, num_layers)
-    engine = EngineConfig(max_num_seqs, max_num_batched_tokens, kv_cache_tokens, 16)
-    caps = [None if c.strip().lower() == "none" else int(c) for c in admission_caps.split(",")]
-    predictor = load_default_predictor()
-    t0 = time.perf_counter()
-    report = castillo_study(
-        latency, engine, predictor, model_filter=castillo_model, loads=_floats(loads),
-        num_requests=num_requests, seeds=_ints(seeds), admission_caps=caps,
-        progress=lambda line: typer.echo(line, err=True),
-    )
-    report["predictor_version"] = getattr(predictor, "version", None)
-    report["wall_s"] = time.perf_counter() - t0
-    write_json_report(output, report)
-    plot_study(report, output.with_suffix(".png"))
-    _echo_json({k: v["mean_over_seeds"] for k, v in report["deployments"].items()})
 
 
 # --- predictor -----------------------------------------------------------------------

@@ -35,7 +35,7 @@ def test_run_writes_json_and_per_request(tmp_path, trace, linear):
     result = CliRunner().invoke(app, [
         str(trace), "--cost-model", str(linear), "--max-num-seqs", "16",
         "--max-num-batched-tokens", "512", "--kv-cache-tokens", "8192", "--block-size", "16",
-        "--workers", "2", "--policy", "sjf-oracle", "--output", str(out),
+        "--workers", "2", "--policy", "sjf", "--predictions", "oracle", "--output", str(out),
         "--per-request", str(rows),
     ])
     assert result.exit_code == 0, result.output
@@ -45,8 +45,19 @@ def test_run_writes_json_and_per_request(tmp_path, trace, linear):
         assert set(data[key]) == {"mean", "p50", "p90", "p99"}
     for key in ("throughput_tok_s", "preemptions", "peak_kv_usage", "sim_wall_s"):
         assert key in data
-    assert data["prediction_source"] == "oracle"
+    assert data["prediction_source"] == "oracle" and data["policy"] == "sjf"
     assert len(rows.read_text().splitlines()) == 201
+
+
+def test_the_gateways_default_admission_holds_requests_the_engine_cannot_run(trace, linear):
+    args = [str(trace), "--cost-model", str(linear), "--max-num-seqs", "2",
+            "--policy", "sjf-aged", "--predictions", "oracle"]
+    plain = CliRunner().invoke(app, args)
+    gateway = CliRunner().invoke(app, [*args, "--admission", "gateway"])
+    assert plain.exit_code == 0 and gateway.exit_code == 0, gateway.output
+    # 2 running slots + the default engine queue of 2: the rest waits at the gateway
+    assert json.loads(plain.stdout)["queue_ms"]["p99"] == 0.0
+    assert json.loads(gateway.stdout)["queue_ms"]["p99"] > 0.0
 
 
 def test_operator_table_run(tmp_path, trace):
@@ -65,7 +76,7 @@ def test_sjf_without_prompts_or_predictions_needs_an_explicit_source(trace, line
     assert result.exit_code == 2
     assert "oracle-noise" in result.output
     ok = CliRunner().invoke(app, [str(trace), "--cost-model", str(linear), "--policy", "sjf",
-                                  "--prediction-source", "oracle-noise"])
+                                  "--predictions", "oracle-noise"])
     assert ok.exit_code == 0, ok.output
     assert json.loads(ok.stdout)["prediction_source"] == "oracle-noise"
 
@@ -74,15 +85,15 @@ def test_sweep_writes_report_and_plot(tmp_path, trace, linear):
     out, png = tmp_path / "s.json", tmp_path / "s.png"
     result = CliRunner().invoke(app, [
         str(trace), "--cost-model", str(linear), "--max-num-seqs", "8",
-        "--sweep-rate", "0.5,0.9", "--policies", "fcfs,sjf,sjf-oracle",
-        "--prediction-source", "oracle-noise", "--output", str(out), "--plot", str(png),
+        "--sweep-rate", "0.5,0.9", "--policies", "fcfs,sjf",
+        "--sweep-predictions", "oracle-noise,oracle", "--output", str(out), "--plot", str(png),
     ])
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
     assert data["loads"] == [0.5, 0.9]
-    assert set(data["policies"]) == {"fcfs", "sjf", "sjf-oracle"}
+    assert set(data["policies"]) == {"fcfs", "sjf/oracle-noise", "sjf/oracle"}
     assert data["mean_e2e_relative_to_fcfs"]["fcfs"] == [1.0, 1.0]
-    assert len(data["gap_to_oracle"]["sjf"]["mean_e2e_ratio_to_oracle"]) == 2
+    assert len(data["gap_to_oracle"]["sjf/oracle-noise"]["mean_e2e_ratio_to_oracle"]) == 2
     assert png.stat().st_size > 0
 
 

@@ -26,7 +26,8 @@ from simulator.trace import SimRequest
 STEP = LinearStepModel({"intercept": 0.02, "tokens": 2e-4, "seqs": 1e-3, "decode_kv": 1e-6})
 PRE_S, POST_S = 0.015, 0.004
 ENGINE = EngineConfig(max_num_seqs=4, max_num_batched_tokens=256, kv_cache_tokens=4096,
-                      block_size=16, queue_mode=EngineQueueMode.PRIORITY, chunked_prefill=False)
+                      block_size=16, queue_mode=EngineQueueMode.PRIORITY, chunked_prefill=False,
+                      prefix_caching=False, async_scheduling=False)  # as the bench worker
 ADMISSION = 3
 BASE_UNIX = 1_795_000_000.0
 ENGINE_ARGS = ["--max-num-seqs", "4", "--max-num-batched-tokens", "256", "--max-model-len", "256",

@@ -7,16 +7,15 @@ import csv
 import pytest
 
 from lengthwise.common.paths import shared_dir
+from simulator.interpolation import NestedTable, Table1D
 from simulator.latency import (
     BatchShape,
     LinearStepModel,
-    NestedTable,
-    OperatorTableModel,
-    Table1D,
     fit_linear,
     load_cost_model,
     sample_batch_shapes,
 )
+from simulator.operator_tables import OperatorTableModel
 
 TABLES = shared_dir() / "costmodels" / "llmservingsim_rtxpro6000_llama31_8b"
 
@@ -125,7 +124,54 @@ def test_linear_fit_recovers_known_coefficients(tmp_path):
 def test_bad_cost_model_paths(tmp_path):
     with pytest.raises(ValueError):
         load_cost_model(tmp_path / "x.txt")
-    with pytest.raises(ValueError):
-        load_cost_model(tmp_path)  # folder without --num-layers
     with pytest.raises(FileNotFoundError):
+        load_cost_model(tmp_path, num_layers=2)  # no tables
+    _write_tables(tmp_path)
+    with pytest.raises(ValueError, match="num-layers"):
+        load_cost_model(tmp_path)  # no meta naming a known model, no layer count
+    (tmp_path / "x_tp1_moe.csv").write_text("tokens,activated_experts,time_us\n1,1,1\n")
+    with pytest.raises(ValueError, match="mixture-of-experts"):
         load_cost_model(tmp_path, num_layers=2)
+
+
+def _write_meta(path, alpha):
+    path.write_text(
+        "model: meta-llama/Llama-3.1-8B\nhardware: TESTGPU\n"
+        f"skew_fit:\n  enabled: true\n  per_tp:\n    1:\n      alpha_default: {alpha}\n")
+
+
+def test_the_profilers_own_layout_loads_like_the_flattened_one(tmp_path):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    _write_tables(flat)
+    _write_meta(flat / "perf_TESTGPU_meta-llama_Llama-3.1-8B_bf16_meta.yaml", 0.1)
+    nested = tmp_path / "TESTGPU" / "meta-llama" / "Llama-3.1-8B" / "bf16"
+    (nested / "tp1").mkdir(parents=True)
+    for name in ("dense", "attention", "per_sequence"):
+        (nested / "tp1" / f"{name}.csv").write_text((flat / f"x_tp1_{name}.csv").read_text())
+    _write_meta(nested / "meta.yaml", 0.1)
+    a, b = OperatorTableModel(flat), OperatorTableModel(nested)
+    assert a.num_layers == b.num_layers == 32  # known from the meta's model name
+    shape = BatchShape([100], [0], 8, 8 * 300, 900, 10)
+    assert a.step_time(shape) == b.step_time(shape)
+    assert a.describe()["hardware"] == "TESTGPU"
+
+
+def test_skew_makes_unequal_contexts_cost_more_than_their_mean(tmp_path):
+    _write_tables(tmp_path)
+    _write_meta(tmp_path / "t_meta.yaml", 0.5)
+    model = OperatorTableModel(tmp_path)
+    uniform = BatchShape([], [], 10, 10 * 300, 300, 300)
+    skewed = BatchShape([], [], 10, 10 * 300, 900, 10)
+    t_mean = model.attention_us(0, 0, 10, 300)
+    t_max = model.attention_us(0, 0, 10, 900)
+    extra_us = model.num_layers * 0.5 * (t_max - t_mean)
+    assert model.step_time(skewed) - model.step_time(uniform) == pytest.approx(extra_us * 1e-6)
+    # without a measured coefficient nothing is added
+    plain = OperatorTableModel(tmp_path, skew=False)
+    assert plain.step_time(skewed) == plain.step_time(uniform)
+    # a per-bucket coefficient wins over the pooled one
+    (tmp_path / "t_tp1_skew_fit.csv").write_text(
+        "raw_key,alpha\npc=0|n<=16|sr<=40%|kvB<=1k|kp=0,0.0\n")
+    bucketed = OperatorTableModel(tmp_path)
+    assert bucketed.step_time(skewed) == plain.step_time(skewed)
