@@ -165,6 +165,8 @@ class WorkerPool:
         if not w.healthy:
             log.info("worker %s healthy", url)
             w.healthy = True
+            # Back from a failure, it may be a restarted engine of another size.
+            w.engine = self.engine_default
             self.on_change()
 
 

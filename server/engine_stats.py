@@ -93,18 +93,26 @@ def learn_engine_view(previous: EngineView, stats: EngineStats,
     """What the gateway now knows of an engine's capacity after one scrape.
 
     vLLM does not export ``max_num_seqs``; it shows in the running count whenever
-    requests wait while the KV cache has room. The estimate only grows (a transient
-    token-budget wait shows fewer running), until the worker is re-discovered.
-    A configured value wins."""
-    max_running = previous.max_running
-    if configured_max_running is not None:
-        max_running = configured_max_running
-    elif (stats.num_waiting is not None and stats.num_waiting >= 1
-          and stats.num_running is not None and stats.num_running >= 1
-          and (stats.kv_cache_usage is None or stats.kv_cache_usage < KV_BOUND_USAGE)):
-        max_running = max(max_running or 0, int(stats.num_running))
+    requests wait while the KV cache has room. A larger count raises the estimate at once;
+    a smaller one must show in two reports in a row (a single step where the token
+    budget held a prompt back shows fewer running too). A configured value wins."""
     capacity = stats.kv_capacity_tokens or previous.kv_capacity_tokens
-    return EngineView(max_running=max_running, kv_capacity_tokens=capacity)
+    if configured_max_running is not None:
+        return EngineView(configured_max_running, capacity)
+    max_running, fewer = previous.max_running, None
+    seq_bound = (stats.num_waiting is not None and stats.num_waiting >= 1
+                 and stats.num_running is not None and stats.num_running >= 1
+                 and (stats.kv_cache_usage is None or stats.kv_cache_usage < KV_BOUND_USAGE))
+    if seq_bound:
+        running = int(stats.num_running)
+        if max_running is None or running > max_running:
+            max_running = running
+        elif running < max_running:
+            if previous.fewer_running_seen == running:
+                max_running = running
+            else:
+                fewer = running
+    return EngineView(max_running, capacity, fewer)
 
 
 def parse_samples(text: str, names: set[str]) -> dict[str, float]:

@@ -167,8 +167,12 @@ class PolicyConfig:
     #: which number of the length prediction ranks a request
     point_estimate: PointEstimate = PointEstimate.MEAN
     #: seconds of queueing a request may accrue per predicted token before it
-    #: outranks every later arrival (``sjf-aged`` only)
-    aging_s_per_token: float = 0.05
+    #: outranks every later arrival (``sjf-aged`` only). 0.005 keeps throughput within
+    #: 2% of plain vLLM in 95 of the regime map's 96 cells and p99 at parity; 0.05
+    #: gained more on the mean but lost up to 8% throughput in finite overloads, long
+    #: requests left to drain in a small batch (docs/results/regimes.md). In a burst the
+    #: aging does not matter: every request has the same arrival.
+    aging_s_per_token: float = 0.005
     #: what one prompt token costs relative to one output token, in time a request
     #: holds the engine: (prefill seconds per prompt token) / (seconds per decode
     #: step). The default is the calibrated CPU worker's (0.00073 s per prefilled
@@ -326,9 +330,9 @@ class AdmissionLimits:
     By default admission *follows the engine*: a worker takes requests up to its own
     running slots (vLLM's ``max_num_seqs``, as the engine reports or the gateway learns
     it) plus ``engine_queue`` more that wait inside vLLM's own priority queue (so a slot
-    that frees is refilled within the engine's step, without a round trip), and while
-    the predicted KV footprint in flight (prompt + p90 output per request) stays within
-    ``kv_budget`` of the engine's KV capacity. Nothing is held back while the engine
+    that frees is refilled within the engine's step, without a round trip), and, with a
+    ``kv_budget``, while the predicted KV footprint in flight (prompt + p90 output per
+    request) stays within that share of the engine's KV capacity. Nothing is held back while the engine
     has room, so the gateway never runs the engine below the batch it would run by
     itself; when it is full, the excess waits in the gateway's queue in policy order.
     An engine that has reported nothing yet is not limited.
@@ -379,6 +383,9 @@ class EngineView:
     max_running: int | None = None
     #: KV cache capacity in tokens (vLLM ``num_gpu_blocks x block_size``)
     kv_capacity_tokens: float | None = None
+    #: a smaller running count seen once while requests waited: if the next report
+    #: shows it again, the engine now runs fewer (``server.engine_stats``)
+    fewer_running_seen: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ import pytest
 from server.policy import (
     AdmissionLimits,
     AgedSJFPolicy,
+    EngineView,
     FCFSPolicy,
     PolicyConfig,
     PolicyName,
@@ -21,8 +22,10 @@ from server.policy import (
     aged_wait_bound_s,
     can_admit,
     engine_priority,
+    has_free_slot,
     make_policy,
     pick_worker,
+    plan_dispatch,
 )
 
 
@@ -202,3 +205,99 @@ def test_routing_ties_are_deterministic():
     limits = AdmissionLimits()
     loads = [WorkerLoad("b", True, 1, 10.0), WorkerLoad("a", True, 1, 10.0)]
     assert pick_worker(loads, req("x", 0, 1), limits) == "a"
+
+
+# --- admission that follows the engine ---------------------------------------------------
+
+
+def _load(wid: str, n: int = 0, *, slots: int | None = None, kv: float | None = None,
+          kv_in_flight: float = 0.0, models: frozenset[str] | None = None) -> WorkerLoad:
+    return WorkerLoad(wid, True, n, 10.0 * n, kv_in_flight, models,
+                      EngineView(max_running=slots, kv_capacity_tokens=kv))
+
+
+def test_admission_fills_the_engines_slots_and_its_small_queue_then_holds():
+    limits = AdmissionLimits(engine_queue=2)
+    r = req("r", 0.0, 10.0)
+    assert can_admit(_load("w", 5, slots=6), r, limits)
+    assert can_admit(_load("w", 7, slots=6), r, limits)  # in vLLM's own queue
+    assert not can_admit(_load("w", 8, slots=6), r, limits)
+    # an engine that reported nothing yet is not limited
+    assert can_admit(_load("w", 500), r, limits)
+    # hand-set caps only: the engine's size does not matter
+    assert can_admit(_load("w", 500, slots=6), r, AdmissionLimits.fixed())
+
+
+def test_kv_budget_counts_the_predicted_footprint_against_the_engines_cache():
+    limits = AdmissionLimits(kv_budget=1.0)
+    big = QueuedRequest("big", 0.0, 100.0, kv_tokens=300.0)
+    assert can_admit(_load("w", 2, kv=1000.0, kv_in_flight=700.0), big, limits)
+    assert not can_admit(_load("w", 2, kv=1000.0, kv_in_flight=701.0), big, limits)
+    # an idle engine always takes one, however big
+    assert can_admit(_load("w", 0, kv=100.0), big, limits)
+    assert can_admit(_load("w", 2, kv=1000.0, kv_in_flight=900.0), big, AdmissionLimits())
+
+
+def test_a_free_slot_means_a_running_slot_not_room_in_the_engines_queue():
+    limits = AdmissionLimits(engine_queue=2)
+    r = req("r", 0.0, 10.0)
+    assert has_free_slot(_load("w", 5, slots=6), r, limits)
+    assert not has_free_slot(_load("w", 6, slots=6), r, limits)  # would wait in vLLM
+    assert not has_free_slot(_load("w", 0), r, limits)  # slots unknown: not free
+    assert has_free_slot(_load("w", 0), r, AdmissionLimits.fixed(max_sequences=1))
+
+
+def test_requests_only_go_to_workers_serving_their_model():
+    a, b = _load("a", models=frozenset({"m1"})), _load("b", 3, models=frozenset({"m2"}))
+    limits = AdmissionLimits()
+    assert pick_worker([a, b], QueuedRequest("x", 0, 5, model="m2"), limits) == "b"
+    assert pick_worker([a, b], QueuedRequest("y", 0, 5, model="m1"), limits) == "a"
+    assert pick_worker([a, b], QueuedRequest("z", 0, 5, model="m3"), limits) is None
+
+
+def test_a_request_that_cannot_be_placed_holds_only_the_workers_it_could_use():
+    q = PolicyQueue(FCFSPolicy())
+    q.push(QueuedRequest("retry", 0.0, 5, model="m"))  # excluded from w1, w2 is full
+    q.push(QueuedRequest("next", 1.0, 5, model="m"))
+    q.push(QueuedRequest("other-model", 2.0, 5, model="m2"))
+    loads = {"w1": _load("w1", 0, slots=1, models=frozenset({"m"})),
+             "w2": _load("w2", 3, slots=1, models=frozenset({"m"})),
+             "w3": _load("w3", 0, slots=1, models=frozenset({"m2"}))}
+    placed = plan_dispatch(q, loads, AdmissionLimits(engine_queue=0),
+                           lambda r: frozenset({"w1"}) if r.request_id == "retry" else frozenset())
+    assert [(r.request_id, w) for r, w in placed] == [("next", "w1"), ("other-model", "w3")]
+    assert [r.request_id for r in q] == ["retry"]
+
+
+def test_a_waiting_head_is_not_overtaken_where_it_waits():
+    q = PolicyQueue(FCFSPolicy())
+    q.push(QueuedRequest("head", 0.0, 5))
+    q.push(QueuedRequest("behind", 1.0, 5))
+    loads = {"w": _load("w", 1, slots=1)}
+    assert plan_dispatch(q, loads, AdmissionLimits(engine_queue=0)) == []
+    assert [r.request_id for r in q] == ["head", "behind"]
+
+
+def test_client_priority_bands_come_before_any_length_key():
+    for policy in (FCFSPolicy(), SJFPolicy(), AgedSJFPolicy(aging_s_per_token=0.05)):
+        q = PolicyQueue(policy)
+        q.push(QueuedRequest("low-short", 0.0, 1.0, priority=1))
+        q.push(QueuedRequest("high-long", 5.0, 5000.0, priority=0))
+        q.push(QueuedRequest("urgent", 9.0, 900.0, priority=-1))
+        assert drain(q) == ["urgent", "high-long", "low-short"], policy.name
+
+
+def test_engine_priority_keeps_bands_apart_and_the_order_inside_them():
+    policy = AgedSJFPolicy(aging_s_per_token=0.05)
+    keys = [policy.key(QueuedRequest(rid, 100.0, tokens, priority=band))
+            for rid, tokens, band in [("a", 10, 0), ("b", 900, 0), ("c", 1, 1), ("d", 1, -1)]]
+    ranks = [engine_priority(k, epoch=100.0) for k in keys]
+    assert ranks[3] < ranks[0] < ranks[1] < ranks[2]
+
+
+def test_the_size_counts_the_prompt_by_its_weight():
+    policy = SJFPolicy(prompt_token_weight=0.01)
+    q = PolicyQueue(policy)
+    q.push(QueuedRequest("long-prompt", 0.0, 10.0, prompt_tokens=2000))  # size 30
+    q.push(QueuedRequest("short-prompt", 1.0, 20.0, prompt_tokens=10))  # size 20.1
+    assert drain(q) == ["short-prompt", "long-prompt"]
