@@ -21,6 +21,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from lengthwise.common.paths import cache_dir
+from lengthwise.worker.edt.params import DEFAULT_N as EDT_DEFAULT_N
 from server.policy import AdmissionLimits, PointEstimate, PolicyConfig, PolicyName
 
 ENV_PREFIX = "LENGTHWISE_"
@@ -145,9 +146,10 @@ class GatewayConfig(BaseSettings):
     # --- EDT (entropy-based dynamic temperature) -------------------------------
     edt_theta: float | None = Field(None, ge=0)
     """Gateway-wide EDT default θ for requests without their own ``edt``/``vllm_xargs``
-    (both ``edt_theta`` and ``edt_n`` or neither). The worker must load the EDT processor."""
+    (``None``: EDT off unless a request asks). The worker must load the EDT processor."""
     edt_n: float | None = Field(None, gt=0, lt=1)
-    """Gateway-wide EDT default exponent N (0 < N < 1)."""
+    """Gateway-wide EDT exponent N (0 < N < 1) that goes with ``edt_theta``; ``None`` uses
+    the paper's N = 0.8 (``lengthwise.worker.edt.params.DEFAULT_N``)."""
 
     # --- security --------------------------------------------------------------
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
@@ -218,8 +220,8 @@ class GatewayConfig(BaseSettings):
 
     @model_validator(mode="after")
     def _edt_pair(self) -> GatewayConfig:
-        if (self.edt_theta is None) != (self.edt_n is None):
-            raise ValueError("set both edt_theta and edt_n, or neither")
+        if self.edt_theta is None and self.edt_n is not None:
+            raise ValueError("edt_n needs edt_theta (the EDT strength); set edt_theta too")
         if self.edt_theta is not None and not math.isfinite(self.edt_theta):
             raise ValueError("edt_theta must be finite")
         return self
@@ -248,9 +250,10 @@ class GatewayConfig(BaseSettings):
 
     @property
     def edt_default(self) -> dict[str, float] | None:
-        if self.edt_theta is None or self.edt_n is None:
+        if self.edt_theta is None:
             return None
-        return {"edt_theta": self.edt_theta, "edt_n": self.edt_n}
+        return {"edt_theta": self.edt_theta,
+                "edt_n": EDT_DEFAULT_N if self.edt_n is None else self.edt_n}
 
 
 def read_config_file(path: Path) -> dict[str, Any]:

@@ -128,6 +128,19 @@ def test_extra_fields_priority_and_edt_reach_vllm(standin_factory, gateway_facto
     assert all(isinstance(r["priority"], int) and r["priority"] >= 0 for r in received)
 
 
+def test_edt_n_defaults_to_the_papers_n(standin_factory, gateway_factory):
+    """``edt: {"theta": 0.5}`` is a complete request (N = 0.8), and so is a gateway-wide
+    ``edt_theta`` without ``edt_n``."""
+    worker = standin_factory()
+    gw = gateway_factory([worker.url], edt_theta=0.25)
+    resp = httpx.post(gw.url + CHAT, json=chat_body(edt={"theta": 0.5}), timeout=10)
+    assert resp.status_code == 200, resp.text
+    assert httpx.post(gw.url + CHAT, json=chat_body(), timeout=10).status_code == 200
+    own, default = worker.state()["received"][-2:]
+    assert own["vllm_xargs"] == {"edt_theta": 0.5, "edt_n": 0.8}
+    assert default["vllm_xargs"] == {"edt_theta": 0.25, "edt_n": 0.8}
+
+
 # --- bad input ------------------------------------------------------------------------------
 
 
@@ -156,7 +169,7 @@ def test_extra_fields_priority_and_edt_reach_vllm(standin_factory, gateway_facto
         ((b'{"model": "standin", "messages": [{"role": "user", "content": "x"}], '
           b'"edt": {"theta": 1, "n": 1.0}}'), 400),
         ((b'{"model": "standin", "messages": [{"role": "user", "content": "x"}], '
-          b'"edt": {"theta": 1}}'), 400),
+          b'"edt": {"n": 0.5}}'), 400),  # theta is the one required EDT field
         (b"[" * 100_000 + b"]" * 100_000, 400),
         (b'{"model": "nope", "messages": [{"role": "user", "content": "x"}]}', 404),
     ],
