@@ -46,7 +46,7 @@ def serve(
     if help_config:
         typer.echo(describe_settings())
         raise typer.Exit(0)
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(log_level)
     overrides = {
         "host": host, "port": port, "workers": worker or None, "policy": policy,
         "max_sequences_per_worker": max_sequences_per_worker, "queue_capacity": queue_capacity,
@@ -80,6 +80,19 @@ def serve(
         if local_worker is not None:
             typer.echo("Stopping the local vLLM worker ...")
             local_worker.stop()
+
+
+def configure_logging(level: str) -> None:
+    import logging
+
+    logging.basicConfig(level=level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        # httpx logs every request it sends at INFO: with a health probe and a metrics
+        # scrape per worker every 2 s, that buries the gateway's own log. Its warnings
+        # still show; ``--log-level debug`` shows everything.
+        for name in ("httpx", "httpcore"):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _start_local_worker(port: int):

@@ -33,6 +33,7 @@ from server.dispatcher import Dispatcher
 from server.engine_stats import EngineStats, EngineStatsPoller, learn_engine_view
 from server.errors import install_error_handlers
 from server.fast_lane import CompletionFastLane
+from server.generation_probe import PROBE_PRIORITY
 from server.metrics import GatewayMetrics
 from server.online_learning import wrap_for_online_learning
 from server.policy import EngineView, make_policy
@@ -90,7 +91,11 @@ def create_app(
         length_predictor, learner = wrap_for_online_learning(
             length_predictor, cfg.online_learning, cfg.online_learning_settings, metrics.registry)
         pool = WorkerPool(unhealthy_after_failures=cfg.unhealthy_after_failures,
-                          engine_default=EngineView(max_running=cfg.worker_max_num_seqs))
+                          outliers=cfg.outlier_detection,
+                          engine_default=EngineView(max_running=cfg.worker_max_num_seqs),
+                          on_taken_out=lambda url, reason: metrics.taken_out.labels(
+                              url, reason).inc(),
+                          clock=clock)
         dispatcher = Dispatcher(
             make_policy(cfg.policy_config), pool, cfg.admission_limits,
             queue_capacity=cfg.queue_capacity, queue_timeout_s=cfg.queue_timeout_s, clock=clock,
@@ -100,14 +105,17 @@ def create_app(
         client = httpx.AsyncClient(
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
             timeout=httpx.Timeout(cfg.request_timeout_s, connect=cfg.connect_timeout_s),
-            trust_env=False,
+            trust_env=False, headers=cfg.worker_headers,
         )
-        session = upstream_session()
-        request_log = RequestLog(cfg.request_log_path)
+        session = upstream_session(cfg.worker_headers)
+        request_log = RequestLog(cfg.request_log_path, cfg.request_log_max_bytes,
+                                 cfg.request_log_backups)
         request_log.open()
         monitor = WorkerMonitor(
             pool, make_discovery(cfg), client, health_interval_s=cfg.health_interval_s,
             health_timeout_s=cfg.health_timeout_s, dns_refresh_s=cfg.dns_refresh_s,
+            stall_after_s=cfg.first_byte_timeout_s,
+            probe_priority=PROBE_PRIORITY if cfg.engine_priority else None,
         )
 
         def on_stats(url: str, stats: EngineStats) -> None:

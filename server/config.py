@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from lengthwise.common.paths import cache_dir
 from lengthwise.worker.edt.params import DEFAULT_N as EDT_DEFAULT_N
+from server.outlier_detection import OutlierDetection
 from server.policy import AdmissionLimits, PointEstimate, PolicyConfig, PolicyName
 
 ENV_PREFIX = "LENGTHWISE_"
@@ -60,9 +61,24 @@ class GatewayConfig(BaseSettings):
     """How often each worker's ``/health`` is probed."""
     health_timeout_s: float = Field(2.0, gt=0)
     """A health probe slower than this counts as a failure."""
-    unhealthy_after_failures: int = Field(1, ge=1)
-    """Consecutive failed probes that take a worker out of rotation. A connection
-    error or timeout on a real request takes it out at once; one good probe puts it back."""
+    unhealthy_after_failures: int = Field(3, ge=1)
+    """Consecutive failed health probes that take a worker out of rotation (as Kubernetes'
+    ``failureThreshold``: one slow probe on a busy worker is not an outage). A refused
+    connection on a real request takes it out at once. It returns once a probe passes
+    and makes it generate a token. Failed *requests* are outlier detection's
+    (``eject_after_failures``)."""
+    eject_after_failures: int = Field(OutlierDetection().consecutive_failures, ge=1)
+    """Outlier detection (after Envoy's): failed requests in a row (5xx, time-out, a stream
+    cut off) that eject a worker; any answer resets the count. See ``deploy/README.md``."""
+    ejection_base_s: float = Field(OutlierDetection().base_ejection_s, gt=0)
+    """An ejection lasts this times the number of times the worker was ejected (falling
+    by one per this time in rotation), up to ``ejection_max_s``; then a probe must make
+    it generate a token before it returns."""
+    ejection_max_s: float = Field(OutlierDetection().max_ejection_s, gt=0)
+    """Longest ejection."""
+    max_ejected_share: float = Field(OutlierDetection().max_ejected_share, ge=0, le=1)
+    """At most this share of the workers (rounded down) is ejected at once, and never the
+    last worker in rotation: with one worker, failed requests never eject it."""
     engine_stats_interval_s: float = Field(2.0, gt=0)
     """How often each worker's vLLM ``/metrics`` is scraped (KV-cache size and usage, the
     running and waiting counts admission learns the engine's slots from)."""
@@ -111,16 +127,24 @@ class GatewayConfig(BaseSettings):
     ``--scheduling-policy priority`` (vLLM rejects a non-zero priority otherwise)."""
 
     # --- upstream requests -----------------------------------------------------
+    worker_api_key: SecretStr | None = None
+    """Key the workers were started with (vLLM ``--api-key``), sent to them as
+    ``Authorization: Bearer`` on every request, health probe and metrics scrape."""
     connect_timeout_s: float = Field(3.0, gt=0)
     """Time allowed to open a connection to a worker."""
     first_byte_timeout_s: float = Field(120.0, gt=0)
-    """Time a worker may take to answer (headers and the first streamed event, or the whole
-    body of a non-streaming request) before the attempt fails and is retried elsewhere."""
+    """Time a worker may take to start a stream (headers and first event) before the
+    attempt fails and is retried elsewhere. It does not bound a non-streaming answer,
+    which vLLM sends only once complete (see ``request_timeout_s``); instead, a worker
+    on which an answer has been awaited this long, with no answer from it meanwhile, is
+    asked for one token within this time, and is taken out as hung if it cannot."""
     stream_idle_timeout_s: float = Field(60.0, gt=0)
     """Longest silence allowed between two events of a started stream; the client then
     gets an error event."""
     request_timeout_s: float = Field(600.0, gt=0)
-    """Upper bound on one request's time at the workers (all attempts)."""
+    """Upper bound on one request's time from arrival until its answer is complete
+    (non-streaming) or its stream has started, over all attempts: the total time a long
+    non-streaming answer may take."""
     max_attempts: int = Field(2, ge=1)
     """Workers tried for one request, as long as no byte has reached the client."""
 
@@ -168,6 +192,12 @@ class GatewayConfig(BaseSettings):
     request_log_path: Path | None = Field(default_factory=lambda: cache_dir() / "requests.jsonl")
     """Append-only JSON Lines log of finished requests (prediction next to actual length);
     ``None`` disables it."""
+    request_log_max_bytes: int | None = Field(100 * 1024 * 1024, ge=4096)
+    """Size at which the request log rotates: it becomes ``<path>.1`` (older files shift to
+    ``.2`` ...) and a new file starts. ``None``: it grows without bound."""
+    request_log_backups: int = Field(5, ge=0)
+    """Rotated request log files kept; the oldest beyond this is deleted. With the default
+    size that bounds the log's disk use to 600 MiB (about 1.2 million requests)."""
     shutdown_grace_s: float = Field(30.0, ge=0)
     """On SIGTERM, time allowed for in-flight requests to finish."""
     gc_freeze_after_start: bool = True
@@ -240,6 +270,12 @@ class GatewayConfig(BaseSettings):
             kv_budget=self.kv_budget)
 
     @property
+    def outlier_detection(self) -> OutlierDetection:
+        return OutlierDetection(self.eject_after_failures, self.ejection_base_s,
+                                max(self.ejection_base_s, self.ejection_max_s),
+                                self.max_ejected_share)
+
+    @property
     def online_learning_settings(self):
         from server.online_learning import OnlineLearningSettings
 
@@ -247,6 +283,13 @@ class GatewayConfig(BaseSettings):
             refit_every=self.online_refit_every, min_observations=self.online_min_observations,
             buffer_size=self.online_buffer_size, window=self.online_window,
             max_models=self.online_max_models)
+
+    @property
+    def worker_headers(self) -> dict[str, str]:
+        """Headers every request to a worker carries."""
+        if self.worker_api_key is None:
+            return {}
+        return {"authorization": f"Bearer {self.worker_api_key.get_secret_value()}"}
 
     @property
     def edt_default(self) -> dict[str, float] | None:

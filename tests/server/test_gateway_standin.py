@@ -203,7 +203,7 @@ async def test_failing_worker_is_retried_elsewhere_and_taken_out(
     good, bad = standin_factory(token_delay_s=0.02), standin_factory()
     bad.control(mode="fail")
     gw = gateway_factory([good.url, bad.url], health_interval_s=60,
-                         max_sequences_per_worker=1)
+                         max_sequences_per_worker=1, eject_after_failures=1)
     async with httpx.AsyncClient(timeout=30) as client:
         resps = await asyncio.gather(*(
             client.post(gw.url + CHAT, json=chat_body(stream=i % 2 == 0)) for i in range(6)
@@ -229,7 +229,7 @@ def test_dead_worker_is_skipped_and_used_again_when_back(standin_factory, gatewa
     assert b.state()["completed"] >= 3
 
 
-def test_stalled_worker_trips_the_request_timeout_and_the_health_check(
+def test_stalled_worker_trips_the_request_timeout_and_the_stall_probe(
     standin_factory, gateway_factory
 ):
     worker = standin_factory()
@@ -239,10 +239,13 @@ def test_stalled_worker_trips_the_request_timeout_and_the_health_check(
     resp = httpx.post(gw.url + CHAT, json=chat_body(stream=True), timeout=10)
     err = assert_openai_error(resp, 503)
     assert err["code"] == "upstream_unavailable"
-    # /health still answers, but a worker taken out returns only once it generates again.
-    assert not wait_until(lambda: bool(gw.gateway.pool.healthy_ids()), timeout_s=1.5)
+    # One time-out does not take out the only worker; the stall probe that follows it
+    # (one token, within the first-byte timeout) shows the engine is hung, and does.
+    assert wait_until(lambda: not gw.gateway.pool.healthy_ids(), timeout_s=5)
     err = assert_openai_error(httpx.post(gw.url + CHAT, json=chat_body(), timeout=10), 503)
     assert err["code"] == "no_healthy_worker"
+    # /health still answers, but a worker taken out returns only once it generates again.
+    assert not wait_until(lambda: bool(gw.gateway.pool.healthy_ids()), timeout_s=1.5)
     worker.control(mode="ok")
     assert wait_until(lambda: gw.gateway.pool.healthy_ids() == {worker.url})
     assert httpx.post(gw.url + CHAT, json=chat_body(), timeout=10).status_code == 200
