@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -56,3 +57,32 @@ def test_serve_fronts_a_worker_and_drains_on_sigterm(standin_factory, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+def test_serve_does_not_log_every_health_check(standin_factory, tmp_path):
+    """At the default INFO level the log shows the gateway's own messages, not one line
+    per health probe and metrics scrape (httpx logs each request at INFO)."""
+    worker = standin_factory()
+    port = free_port()
+    env = {**os.environ, "LENGTHWISE_HEALTH_INTERVAL_S": "0.1",
+           "LENGTHWISE_ENGINE_STATS_INTERVAL_S": "0.1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lengthwise.cli", "serve", "--worker", worker.url, "--port",
+         str(port), "--request-log", str(tmp_path / "requests.jsonl"), "--log-level", "info"],
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        assert wait_until(lambda: httpx.get(f"{url}/health", timeout=1).status_code == 200,
+                          120, 0.3)
+        body = {"model": "standin", "messages": [{"role": "user", "content": "hi"}]}
+        assert httpx.post(f"{url}/v1/chat/completions", json=body, timeout=10).status_code == 200
+        time.sleep(1.5)  # some 15 rounds of probes and scrapes
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=30)[0].decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert "gateway ready" in output  # INFO lines do show
+    assert "HTTP Request" not in output, output[-2000:]
