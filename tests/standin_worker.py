@@ -10,6 +10,7 @@ error bodies) over real HTTP, and can be told to misbehave:
             | ``die`` (exit on the next completion request)
             | ``die_mid_stream`` (exit after a few streamed tokens)
   ``stall_health``: bool (``/health`` never answers)
+  ``fail_marker``: a string; completions whose prompt holds it get 500 (``null``: none)
   ``token_delay_s``: seconds per generated token
   ``max_num_seqs``: requests it runs at once (``null``: unlimited); the rest wait in a
             queue ordered by ``(priority, arrival)``, as vLLM's priority scheduling
@@ -57,6 +58,7 @@ def build_app(model: str, default_len: int, token_delay_s: float, max_model_len:
         "running": 0, "max_running": 0, "aborted": 0, "completed": 0, "received": [],
         "max_num_seqs": None, "waiting": 0, "kv_blocks": None, "block_size": 16,
         "kv_used": 0, "started": [], "request_ids": [], "unauthorized": 0,
+        "fail_marker": None,
     }
     waiters: list[tuple[int, int, asyncio.Future]] = []
     arrivals = iter(range(10**12))
@@ -155,6 +157,8 @@ def build_app(model: str, default_len: int, token_delay_s: float, max_model_len:
         else:
             prompt = body.get("prompt")
             text = prompt if isinstance(prompt, str) else json.dumps(prompt)
+        if state["fail_marker"] and state["fail_marker"] in text:
+            return error(500, "stand-in told to fail this prompt", "InternalServerError")
         prompt_tokens = max(1, len(text.split()))
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
         if max_tokens is not None and prompt_tokens + max_tokens > max_model_len:
