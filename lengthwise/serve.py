@@ -56,6 +56,15 @@ def serve(
         "predictor_dir": predictor_dir,
     }
     cfg = load_config(config, overrides)
+    if cfg.rate_limit_redis_url is not None and (
+            cfg.rate_limit_requests_per_min or cfg.rate_limit_tokens_per_min):
+        from server.rate_limit_redis import RateLimitStoreUnavailable, check_reachable
+
+        try:
+            check_reachable(cfg.rate_limit_redis_url.get_secret_value())
+        except RateLimitStoreUnavailable as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
     # First, so a predictor that cannot be served stops us before a worker is started.
     typer.echo("Loading the length predictor ...")
     try:

@@ -38,7 +38,7 @@ from server.metrics import GatewayMetrics
 from server.online_learning import wrap_for_online_learning
 from server.policy import EngineView, make_policy
 from server.proxy import upstream_session
-from server.rate_limit import RateLimiter
+from server.rate_limit import make_rate_limiter
 from server.request_log import RequestLog
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,11 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         length_predictor = predictor if predictor is not None else predictor_factory(cfg)
         metrics = GatewayMetrics(registry if registry is not None else CollectorRegistry())
+        limiter = make_rate_limiter(
+            cfg.rate_limit_requests_per_min, cfg.rate_limit_tokens_per_min,
+            cfg.rate_limit_redis_url.get_secret_value() if cfg.rate_limit_redis_url else None,
+            clock, on_store_error=metrics.rate_limit_store_errors.inc)
+        await limiter.start()  # a configured store that does not answer stops us here
         length_predictor, learner = wrap_for_online_learning(
             length_predictor, cfg.online_learning, cfg.online_learning_settings, metrics.registry)
         pool = WorkerPool(unhealthy_after_failures=cfg.unhealthy_after_failures,
@@ -134,8 +139,7 @@ def create_app(
             cfg, dispatcher, pool, client, session, length_predictor, metrics, request_log,
             learner, clock,
         )
-        app.state.rate_limiter = RateLimiter(
-            cfg.rate_limit_requests_per_min, cfg.rate_limit_tokens_per_min, clock)
+        app.state.rate_limiter = limiter
         app.state.gateway = Gateway(
             cfg, pool, dispatcher, service, metrics, ApiKeyAuth(cfg.api_keys), monitor,
             stats_poller, client, request_log,
@@ -160,6 +164,7 @@ def create_app(
             await monitor.stop()
             await client.aclose()
             await session.close()
+            await limiter.aclose()
             request_log.close()
 
     app = FastAPI(

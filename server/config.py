@@ -187,6 +187,12 @@ class GatewayConfig(BaseSettings):
     rate_limit_tokens_per_min: int | None = Field(None, ge=1)
     """Per API key: prompt plus completion tokens per minute (``None``: unlimited); beyond
     it 429 (see ``server.rate_limit``)."""
+    rate_limit_redis_url: SecretStr | None = None
+    """Keep the rate-limit buckets in Redis (``redis://host:6379/0``), shared by every
+    gateway replica, so a key gets its limits once in total rather than once per replica.
+    ``None``: in this process (exact for one replica). Needs the ``redis`` extra; the
+    gateway refuses to start if Redis does not answer, and admits requests (logging and
+    counting the error) if it fails later. See ``deploy/README.md``."""
 
     # --- outputs ---------------------------------------------------------------
     request_log_path: Path | None = Field(default_factory=lambda: cache_dir() / "requests.jsonl")

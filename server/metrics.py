@@ -84,6 +84,11 @@ class GatewayMetrics:
             "probe) or ejected (outlier detection: failed requests in a row).",
             ["worker", "reason"], registry=registry,
         )
+        self.rate_limit_store_errors = Counter(
+            "lengthwise_rate_limit_store_errors",
+            "Rate-limit checks or charges that failed because the shared store (Redis) "
+            "did not answer; the request was admitted.", registry=registry,
+        )
         self.kv_cache_usage = Gauge(
             "lengthwise_worker_kv_cache_usage_ratio",
             "The worker's KV-cache usage (0..1), from vLLM's vllm:kv_cache_usage_perc.",
