@@ -37,7 +37,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from server.generation_probe import probe_generation
-from server.outlier_detection import OutlierDetection
+from server.outlier_detection import UNHEALTHY_AFTER_FAILED_PROBES, OutlierDetection
 from server.policy import EngineView, QueuedRequest, WorkerLoad, predicted_size
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ class Worker:
 class WorkerPool:
     on_change: Callable[[], None] = lambda: None
     #: failed health probes in a row that take a worker out
-    unhealthy_after_failures: int = 3
+    unhealthy_after_failures: int = UNHEALTHY_AFTER_FAILED_PROBES
     outliers: OutlierDetection = field(default_factory=OutlierDetection)
     workers: dict[str, Worker] = field(default_factory=dict)
     #: what is known of a newly discovered worker's engine before it reports anything

@@ -22,7 +22,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from lengthwise.common.paths import cache_dir
 from lengthwise.worker.edt.params import DEFAULT_N as EDT_DEFAULT_N
-from server.outlier_detection import OutlierDetection
+from server.outlier_detection import UNHEALTHY_AFTER_FAILED_PROBES, OutlierDetection
 from server.policy import AdmissionLimits, PointEstimate, PolicyConfig, PolicyName
 
 ENV_PREFIX = "LENGTHWISE_"
@@ -61,7 +61,7 @@ class GatewayConfig(BaseSettings):
     """How often each worker's ``/health`` is probed."""
     health_timeout_s: float = Field(2.0, gt=0)
     """A health probe slower than this counts as a failure."""
-    unhealthy_after_failures: int = Field(3, ge=1)
+    unhealthy_after_failures: int = Field(UNHEALTHY_AFTER_FAILED_PROBES, ge=1)
     """Consecutive failed health probes that take a worker out of rotation (as Kubernetes'
     ``failureThreshold``: one slow probe on a busy worker is not an outage). A refused
     connection on a real request takes it out at once. It returns once a probe passes

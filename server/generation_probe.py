@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import httpx
 
-
 #: vLLM ``priority`` of a probe (lower runs first): ahead of every request the gateway
 #: sends (client bands reach -10^6 x 10^12), within vLLM's 64-bit integers.
 PROBE_PRIORITY = -(2**62)

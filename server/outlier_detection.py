@@ -28,6 +28,11 @@ import math
 from dataclasses import dataclass
 
 
+#: Failed health probes in a row that take a worker out (active health checking), as
+#: Kubernetes' default ``failureThreshold``: one slow probe on a busy worker is no outage.
+UNHEALTHY_AFTER_FAILED_PROBES = 3
+
+
 @dataclass(frozen=True, slots=True)
 class OutlierDetection:
     consecutive_failures: int = 5

@@ -94,7 +94,7 @@ def check_reachable(url: str, timeout_s: float = 2.0) -> None:
             client.ping()
         finally:
             client.close()
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 (whatever the failure, Redis is not usable)
         raise RateLimitStoreUnavailable(
             f"cannot reach Redis at {_safe(url)} for the rate limits "
             f"(rate_limit_redis_url): {exc}") from None
@@ -129,7 +129,7 @@ class RedisRateLimiter:
         """Check that Redis answers; raises ``RateLimitStoreUnavailable`` otherwise."""
         try:
             await self._redis.ping()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 (whatever the failure, Redis is not usable)
             raise RateLimitStoreUnavailable(
                 f"cannot reach Redis at {_safe(self.url)} for the rate limits "
                 f"(rate_limit_redis_url): {exc}") from None

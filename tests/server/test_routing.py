@@ -21,11 +21,12 @@ async def test_each_request_reaches_a_worker_serving_its_model(standin_factory,
                                                                gateway_factory):
     alpha, beta = standin_factory(model="alpha"), standin_factory(model="beta")
     gw = gateway_factory([alpha.url, beta.url])
-    models = httpx.get(gw.url + "/v1/models", timeout=5).json()
+    client = httpx.AsyncClient(timeout=30)
+    models = (await client.get(gw.url + "/v1/models")).json()
     assert sorted(m["id"] for m in models["data"]) == ["alpha", "beta"]
     bodies = [{**chat_body(f"{model} #{i}"), "model": model}
               for i in range(8) for model in ("alpha", "beta")]
-    async with httpx.AsyncClient(timeout=30) as client:
+    async with client:
         resps = await asyncio.gather(*(client.post(gw.url + CHAT, json=b) for b in bodies))
     # A stand-in answers another model's request with 404, as vLLM does.
     assert [r.status_code for r in resps] == [200] * len(bodies)
@@ -38,10 +39,11 @@ async def test_each_request_reaches_a_worker_serving_its_model(standin_factory,
     beta.kill()
     assert await asyncio.to_thread(
         wait_until, lambda: gw.gateway.pool.healthy_ids() == {alpha.url})
-    err = assert_openai_error(
-        httpx.post(gw.url + CHAT, json={**chat_body(), "model": "beta"}, timeout=10), 503)
-    assert err["code"] == "no_healthy_worker"
-    ok = httpx.post(gw.url + CHAT, json={**chat_body(), "model": "alpha"}, timeout=10)
+    async with httpx.AsyncClient(timeout=10) as client:
+        err = assert_openai_error(
+            await client.post(gw.url + CHAT, json={**chat_body(), "model": "beta"}), 503)
+        assert err["code"] == "no_healthy_worker"
+        ok = await client.post(gw.url + CHAT, json={**chat_body(), "model": "alpha"})
     assert ok.status_code == 200
 
 

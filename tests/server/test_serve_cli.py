@@ -141,7 +141,7 @@ def test_serve_refuses_a_predictor_dir_it_cannot_serve_and_leaves_it_as_it_is(
     proc = _serve(["--worker", worker.url, "--port", str(free_port()), "--predictor-dir",
                    str(folder)], tmp_path)
     try:
-        out, err = proc.communicate(timeout=120)
+        _out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -50,8 +50,9 @@ def test_a_killed_worker_is_restarted_logged_and_counted(tmp_path, caplog):
         for expected in (1, 2):
             first_pid = worker.pid
             os.kill(first_pid, signal.SIGKILL)
-            assert wait_until(lambda: supervisor.restarts == expected and worker.running()
-                              and worker.pid != first_pid and is_healthy(worker.base_url), 30)
+            assert wait_until(lambda n=expected, old=first_pid: supervisor.restarts == n
+                              and worker.running() and worker.pid != old
+                              and is_healthy(worker.base_url), 30)
         assert reasons == ["exited", "exited"]
         assert "killed by SIGKILL (9)" in caplog.text
         assert httpx.get(worker.base_url + "/v1/models", timeout=5).status_code == 200
@@ -94,7 +95,7 @@ def test_restarts_back_off(tmp_path):
             pid = worker.pid
             os.kill(pid, signal.SIGKILL)
             killed = time.monotonic()
-            assert wait_until(lambda: worker.pid not in (None, pid)
+            assert wait_until(lambda old=pid: worker.pid not in (None, old)
                               and is_healthy(worker.base_url), 30)
             times.append(time.monotonic() - killed)
         # Backoffs 0.2, 0.4, 0.8 s on top of the same start-up time.
