@@ -21,12 +21,11 @@ async def test_each_request_reaches_a_worker_serving_its_model(standin_factory,
                                                                gateway_factory):
     alpha, beta = standin_factory(model="alpha"), standin_factory(model="beta")
     gw = gateway_factory([alpha.url, beta.url])
-    client = httpx.AsyncClient(timeout=30)
-    models = (await client.get(gw.url + "/v1/models")).json()
-    assert sorted(m["id"] for m in models["data"]) == ["alpha", "beta"]
     bodies = [{**chat_body(f"{model} #{i}"), "model": model}
               for i in range(8) for model in ("alpha", "beta")]
-    async with client:
+    async with httpx.AsyncClient(timeout=30) as client:
+        models = (await client.get(gw.url + "/v1/models")).json()
+        assert sorted(m["id"] for m in models["data"]) == ["alpha", "beta"]
         resps = await asyncio.gather(*(client.post(gw.url + CHAT, json=b) for b in bodies))
     # A stand-in answers another model's request with 404, as vLLM does.
     assert [r.status_code for r in resps] == [200] * len(bodies)
