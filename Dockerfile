@@ -36,7 +36,8 @@ COPY lengthwise/ lengthwise/
 COPY server/ server/
 COPY predictor/ predictor/
 COPY simulator/ simulator/
-RUN pip install .
+# redis: rate limits shared by the replicas (rate_limit_redis_url), off unless configured.
+RUN pip install ".[redis]"
 
 # The `predictor` build context is the folder of trained artifacts (one per
 # artifact version: v1, v2, ...); keep the one this code version loads.

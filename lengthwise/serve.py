@@ -1,4 +1,5 @@
-"""``lengthwise serve``: run the gateway (and, with no workers configured, one local vLLM worker)."""
+"""``lengthwise serve``: run the gateway (and, with no workers configured, one local vLLM
+worker, supervised: restarted with backoff whenever it dies or stops answering)."""
 
 from __future__ import annotations
 
@@ -37,8 +38,9 @@ def serve(
     help_config: bool = typer.Option(False, "--help-config", help="List every setting and exit."),
 ) -> None:
     """Serve the OpenAI-compatible gateway."""
-    import logging
+    from prometheus_client import CollectorRegistry
 
+    from predictor.api import PredictorNotAvailable
     from server.app import create_app, default_predictor
     from server.config import describe_settings, load_config
     from server.shutdown import serve_app
@@ -46,7 +48,7 @@ def serve(
     if help_config:
         typer.echo(describe_settings())
         raise typer.Exit(0)
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(log_level)
     overrides = {
         "host": host, "port": port, "workers": worker or None, "policy": policy,
         "max_sequences_per_worker": max_sequences_per_worker, "queue_capacity": queue_capacity,
@@ -54,37 +56,71 @@ def serve(
         "predictor_dir": predictor_dir,
     }
     cfg = load_config(config, overrides)
-    local_worker = None
+    if cfg.rate_limit_redis_url is not None and (
+            cfg.rate_limit_requests_per_min or cfg.rate_limit_tokens_per_min):
+        from server.rate_limit_redis import RateLimitStoreUnavailable, check_reachable
+
+        try:
+            check_reachable(cfg.rate_limit_redis_url.get_secret_value())
+        except RateLimitStoreUnavailable as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+    # First, so a predictor that cannot be served stops us before a worker is started.
+    typer.echo("Loading the length predictor ...")
+    try:
+        predictor = default_predictor(cfg)
+    except PredictorNotAvailable as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    registry = CollectorRegistry()
+    supervisor = None
     if not cfg.workers and not cfg.worker_dns_name:
-        local_worker = _start_local_worker(worker_port)
+        supervisor = _start_local_worker(worker_port, registry)
+        local = supervisor.worker
         # The gateway knows its own worker's slots; a remote engine's are learned.
         cfg = cfg.model_copy(update={
-            "workers": [local_worker.base_url],
-            "worker_max_num_seqs": cfg.worker_max_num_seqs or local_worker.config.max_num_seqs})
+            "workers": [local.base_url],
+            "worker_max_num_seqs": cfg.worker_max_num_seqs or local.config.max_num_seqs})
     try:
-        typer.echo("Loading the length predictor ...")
-        predictor = default_predictor(cfg)
-        application = create_app(cfg, predictor=predictor)
+        application = create_app(cfg, predictor=predictor, registry=registry)
         base = f"http://{cfg.host}:{cfg.port}/v1"
         typer.echo(f"Lengthwise gateway on {base}  (policy {cfg.policy.value}, "
                    f"workers: {', '.join(cfg.workers) or cfg.worker_dns_name})")
         typer.echo(f"Point an OpenAI client at it:  OpenAI(base_url=\"{base}\", "
                    f"api_key={'<one of your keys>' if cfg.api_keys else 'any string'!r})")
-        if local_worker is not None:
+        if supervisor is not None:
             from lengthwise.worker.local_model import SERVED_MODEL_NAME
 
             typer.echo(f"Model: {SERVED_MODEL_NAME}")
         # SIGTERM drains (503 to new requests, in-flight ones finish), then exits 0.
         serve_app(application, cfg, log_level=log_level)
     finally:
-        if local_worker is not None:
+        if supervisor is not None:
             typer.echo("Stopping the local vLLM worker ...")
-            local_worker.stop()
+            supervisor.stop()
 
 
-def _start_local_worker(port: int):
+def configure_logging(level: str) -> None:
+    import logging
+
+    logging.basicConfig(level=level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        # httpx logs every request it sends at INFO: with a health probe and a metrics
+        # scrape per worker every 2 s, that buries the gateway's own log. Its warnings
+        # still show; ``--log-level debug`` shows everything.
+        for name in ("httpx", "httpcore"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _start_local_worker(port: int, registry):
+    """Start the local vLLM worker and the supervisor that restarts it (its restarts are
+    counted on ``registry``, which the gateway's ``/metrics`` serves)."""
+    from prometheus_client import Counter
+
     from lengthwise.worker.local_model import prepare_local_model
-    from lengthwise.worker.process import WorkerConfig, WorkerProcess, free_port
+    from lengthwise.worker.process import WorkerConfig, WorkerProcess, WorkerStartError, free_port
+    from lengthwise.worker.supervisor import WorkerSupervisor
 
     typer.echo("No workers configured: preparing SmolLM2-135M-Instruct (once) ...")
     model = prepare_local_model()
@@ -92,5 +128,18 @@ def _start_local_worker(port: int):
                                         edt_metrics_port=free_port()))
     typer.echo(f"Starting a local vLLM CPU worker on {worker.base_url} (about a minute); "
                f"EDT temperature metrics at {worker.config.edt_metrics_url} ...")
-    worker.start()
-    return worker
+    try:
+        worker.start()
+    except WorkerStartError as exc:
+        typer.echo(f"error: the local vLLM worker did not start: {exc}", err=True)
+        raise typer.Exit(1) from None
+    restarts = Counter(
+        "lengthwise_local_worker_restarts",
+        "Restarts of the local vLLM worker that `lengthwise serve` supervises, by reason: "
+        "exited (it died: crash, out-of-memory kill) or unhealthy (it stopped answering).",
+        ["reason"], registry=registry)
+    for reason in ("exited", "unhealthy"):
+        restarts.labels(reason)  # exported as 0 from the start, so a rate() sees the first
+    supervisor = WorkerSupervisor(worker, on_restart=lambda reason: restarts.labels(reason).inc())
+    supervisor.start()
+    return supervisor

@@ -64,7 +64,7 @@ class Accounting:
             stats = stream.inspector.stats
             if outcome in ("stream_timeout", "upstream_error") and stats.error is None:
                 self.pool.report_failure(lease.worker_url, f"stream {outcome}",
-                                         immediate=False)
+                                         timed_out=outcome == "stream_timeout")
             reasons = [stats.finish_reasons[i] for i in sorted(stats.finish_reasons)]
             http_status = (200 if outcome == "ok"
                            else 499 if outcome == "client_disconnected" else 503)

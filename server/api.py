@@ -118,7 +118,7 @@ async def handle_completion(request: Request, endpoint: str, model: type[BaseMod
     gw = request.app.state.gateway
     key = gw.auth.check(request.headers.get("authorization"))
     limiter = request.app.state.rate_limiter
-    limiter.admit(key)
+    await limiter.admit(key)
     data = await read_json_body(request, gw.cfg.max_body_bytes, gw.cfg.body_read_timeout_s)
     parsed = _parse(model, data)
     response = await gw.service.handle(endpoint, data, parsed, request.receive)

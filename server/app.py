@@ -33,11 +33,12 @@ from server.dispatcher import Dispatcher
 from server.engine_stats import EngineStats, EngineStatsPoller, learn_engine_view
 from server.errors import install_error_handlers
 from server.fast_lane import CompletionFastLane
+from server.generation_probe import PROBE_PRIORITY
 from server.metrics import GatewayMetrics
 from server.online_learning import wrap_for_online_learning
 from server.policy import EngineView, make_policy
 from server.proxy import upstream_session
-from server.rate_limit import RateLimiter
+from server.rate_limit import make_rate_limiter
 from server.request_log import RequestLog
 
 log = logging.getLogger(__name__)
@@ -87,10 +88,19 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         length_predictor = predictor if predictor is not None else predictor_factory(cfg)
         metrics = GatewayMetrics(registry if registry is not None else CollectorRegistry())
+        limiter = make_rate_limiter(
+            cfg.rate_limit_requests_per_min, cfg.rate_limit_tokens_per_min,
+            cfg.rate_limit_redis_url.get_secret_value() if cfg.rate_limit_redis_url else None,
+            clock, on_store_error=metrics.rate_limit_store_errors.inc)
+        await limiter.start()  # a configured store that does not answer stops us here
         length_predictor, learner = wrap_for_online_learning(
             length_predictor, cfg.online_learning, cfg.online_learning_settings, metrics.registry)
         pool = WorkerPool(unhealthy_after_failures=cfg.unhealthy_after_failures,
-                          engine_default=EngineView(max_running=cfg.worker_max_num_seqs))
+                          outliers=cfg.outlier_detection,
+                          engine_default=EngineView(max_running=cfg.worker_max_num_seqs),
+                          on_taken_out=lambda url, reason: metrics.taken_out.labels(
+                              url, reason).inc(),
+                          clock=clock)
         dispatcher = Dispatcher(
             make_policy(cfg.policy_config), pool, cfg.admission_limits,
             queue_capacity=cfg.queue_capacity, queue_timeout_s=cfg.queue_timeout_s, clock=clock,
@@ -100,14 +110,17 @@ def create_app(
         client = httpx.AsyncClient(
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
             timeout=httpx.Timeout(cfg.request_timeout_s, connect=cfg.connect_timeout_s),
-            trust_env=False,
+            trust_env=False, headers=cfg.worker_headers,
         )
-        session = upstream_session()
-        request_log = RequestLog(cfg.request_log_path)
+        session = upstream_session(cfg.worker_headers)
+        request_log = RequestLog(cfg.request_log_path, cfg.request_log_max_bytes,
+                                 cfg.request_log_backups)
         request_log.open()
         monitor = WorkerMonitor(
             pool, make_discovery(cfg), client, health_interval_s=cfg.health_interval_s,
             health_timeout_s=cfg.health_timeout_s, dns_refresh_s=cfg.dns_refresh_s,
+            stall_after_s=cfg.first_byte_timeout_s,
+            probe_priority=PROBE_PRIORITY if cfg.engine_priority else None,
         )
 
         def on_stats(url: str, stats: EngineStats) -> None:
@@ -126,8 +139,7 @@ def create_app(
             cfg, dispatcher, pool, client, session, length_predictor, metrics, request_log,
             learner, clock,
         )
-        app.state.rate_limiter = RateLimiter(
-            cfg.rate_limit_requests_per_min, cfg.rate_limit_tokens_per_min, clock)
+        app.state.rate_limiter = limiter
         app.state.gateway = Gateway(
             cfg, pool, dispatcher, service, metrics, ApiKeyAuth(cfg.api_keys), monitor,
             stats_poller, client, request_log,
@@ -152,6 +164,7 @@ def create_app(
             await monitor.stop()
             await client.aclose()
             await session.close()
+            await limiter.aclose()
             request_log.close()
 
     app = FastAPI(

@@ -4,10 +4,19 @@ An attempt that fails before any byte reached the client (connection refused, 5x
 time-out, a stream cut before its first event) is retried on another worker, up to
 ``max_attempts`` and within ``request_timeout_s``. Queue outcomes become OpenAI-format
 errors here: 429 for a full queue, 503 for no worker, a queue time-out or a drain.
+
+Two time bounds, because the two kinds of answer show progress differently:
+
+* a stream must deliver its first event within ``first_byte_timeout_s``;
+* vLLM sends a non-streaming answer only once it is complete, so no first-byte bound
+  can tell a long answer from a hung worker: the answer may take whatever remains of
+  ``request_timeout_s``. A hung worker is found by the stall probe instead
+  (``server.backends``), which fails the attempt so it is retried elsewhere.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -68,6 +77,9 @@ class Attempts:
         tried: set[str] = set()
         deadline = ticket.arrival + self.cfg.request_timeout_s
         path = PATHS[ticket.endpoint]
+        # The gateway's id reaches the worker (vLLM uses X-Request-Id as its request id),
+        # so the gateway's request log and the worker's logs can be joined.
+        headers = {"x-request-id": ticket.request_id}
         while True:
             lease = handed_over.pop() if handed_over else await self._acquire(ticket, tried)
             ticket.attempts += 1
@@ -80,16 +92,18 @@ class Attempts:
             try:
                 if remaining <= 0:
                     raise UpstreamFailure("request timeout", worker_down=False)
-                outcome = await self._attempt(lease.worker_url + path, body, ticket.stream,
-                                              strip_usage, remaining, on_sent)
+                outcome = await self._attempt(lease.worker_url, path, body, ticket.stream,
+                                              strip_usage, remaining, on_sent, headers)
             except UpstreamFailure as failure:
                 self.dispatcher.release(lease)
                 self.pool.report_failure(lease.worker_url, failure.reason,
-                                         immediate=failure.worker_down)
+                                         unreachable=failure.worker_down,
+                                         timed_out=failure.timed_out)
                 tried.add(lease.worker_url)
                 log.warning("attempt %d of %s on %s failed: %s", ticket.attempts,
                             ticket.request_id, lease.worker_url, failure.reason)
-                if ticket.attempts >= self.cfg.max_attempts or self.clock() >= deadline:
+                if (ticket.attempts >= self.cfg.max_attempts or self.clock() >= deadline
+                        or not self.pool.healthy_ids(ticket.model) - tried):
                     raise GatewayError(
                         503, f"No worker could serve the request: {failure.reason}",
                         code="upstream_unavailable", headers={"Retry-After": "1"},
@@ -100,9 +114,17 @@ class Attempts:
             except BaseException:
                 self.dispatcher.release(lease)
                 raise
+            if isinstance(outcome, OpenStream) or outcome.status == 200:
+                # A 4xx answer comes from vLLM's API server, which answers even while
+                # its engine is hung: only a generated answer shows the worker works.
+                self.pool.report_answer(lease.worker_url)
             return lease, outcome
 
     async def _acquire(self, ticket: Ticket, tried: set[str]) -> Lease:
+        if not self.pool.healthy_ids(ticket.model) - tried:
+            # No worker serving this model is left to try: waiting in the queue for one
+            # would only end in the queue time-out.
+            raise no_worker_error()
         try:
             return await self.dispatcher.acquire(ticket.queued, frozenset(tried))
         except QueueFull:
@@ -121,17 +143,37 @@ class Attempts:
             raise draining_error() from None
 
     async def _attempt(
-        self, url: str, body: dict[str, Any], stream: bool, strip_usage: bool, remaining: float,
-        on_sent: Callable[[], None] | None,
+        self, worker_url: str, path: str, body: dict[str, Any], stream: bool,
+        strip_usage: bool, remaining: float, on_sent: Callable[[], None] | None,
+        headers: dict[str, str],
     ) -> UpstreamReply | OpenStream:
+        url = worker_url + path
         if not stream:
-            # first_byte_timeout_s bounds the whole answer (see config), leaving time to retry.
-            return await post_complete(self.session, url, body,
-                                       min(self.cfg.first_byte_timeout_s, remaining),
-                                       self.cfg.connect_timeout_s, on_sent)
+            return await self._complete(worker_url, url, body, remaining, on_sent, headers)
         inspector = SSEInspector(self.clock, strip_usage)
         return await open_stream(
             self.client, url, body, connect_timeout_s=self.cfg.connect_timeout_s,
             first_event_timeout_s=min(self.cfg.first_byte_timeout_s, remaining),
-            inspector=inspector, on_sent=on_sent,
+            inspector=inspector, on_sent=on_sent, headers=headers,
         )
+
+    async def _complete(self, worker_url: str, url: str, body: dict[str, Any],
+                        remaining: float, on_sent: Callable[[], None] | None,
+                        headers: dict[str, str]) -> UpstreamReply:
+        """A non-streaming attempt: the whole remaining request time, unless the stall
+        probe finds the worker hung and aborts it (a time-out of this block, at once)."""
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(None) as scope:
+                attempt = self.pool.open_attempt(worker_url,
+                                                 lambda: scope.reschedule(loop.time()))
+                try:
+                    return await post_complete(self.session, url, body, remaining,
+                                               self.cfg.connect_timeout_s, on_sent, headers)
+                finally:
+                    self.pool.close_attempt(attempt)
+        except TimeoutError:
+            if not attempt.aborted:
+                raise
+            raise UpstreamFailure("the worker stalled (its stall probe got no token)",
+                                  worker_down=False) from None

@@ -6,6 +6,21 @@ calls ``on_change`` whenever capacity may have appeared, so queued requests
 are dispatched at once. ``WorkerMonitor`` is the only place that does I/O:
 it probes ``/health`` (and ``/v1/models`` to learn the served models) and
 re-resolves DNS discovery.
+
+A worker is *in rotation* when it is listed, passes its active health checks and is
+not ejected. Three things take it out:
+
+* active health checks: ``unhealthy_after_failures`` failed probes in a row, or a
+  connection refused or cut on a real request (the worker is most likely down);
+* the stall probe: a worker on which an answer has been awaited for
+  ``first_byte_timeout_s`` with no answer from it meanwhile (a non-streaming request
+  still open, or a stream's first event timed out) is asked for one token; if it
+  cannot give it in that time, its engine is hung: it is taken out, even if it is the
+  last worker, and its open non-streaming attempts are failed so they can be retried
+  elsewhere (no byte of them has reached a client);
+* outlier detection (``server.outlier_detection``): a run of failed requests.
+
+A worker taken out by a failure returns only once a probe has made it generate a token.
 """
 
 from __future__ import annotations
@@ -13,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -21,14 +37,26 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from server.generation_probe import probe_generation
+from server.outlier_detection import UNHEALTHY_AFTER_FAILED_PROBES, OutlierDetection
 from server.policy import EngineView, QueuedRequest, WorkerLoad, predicted_size
 
 log = logging.getLogger(__name__)
 
 
+@dataclass(slots=True, eq=False)
+class OpenAttempt:
+    """A non-streaming attempt awaiting its answer; ``abort`` fails it (a stalled worker)."""
+
+    worker_url: str
+    started_at: float
+    abort: Callable[[], None]
+    aborted: bool = False
+
+
 @dataclass(slots=True)
 class Worker:
     url: str
+    #: passes its active health checks (probes, connections)
     healthy: bool = False
     in_flight_sequences: int = 0
     in_flight_predicted_tokens: float = 0.0
@@ -38,19 +66,41 @@ class Worker:
     engine: EngineView = field(default_factory=EngineView)
     #: the worker's own ``/v1/models`` entries, re-served by the gateway
     model_cards: tuple[dict, ...] = ()
+    #: failed requests in a row (outlier detection)
     consecutive_failures: int = 0
+    #: failed health probes in a row
+    probe_failures: int = 0
+    #: set while outlier detection keeps it out; it returns after this time (monotonic)
+    #: once a probe has made it generate
+    ejected_until: float | None = None
+    #: ejections so far, less one per base ejection time spent in rotation since
+    times_ejected: int = 0
+    #: when it last returned from an ejection
+    returned_at: float = 0.0
+    #: taken out by a failure: it must generate a token before it returns
+    must_generate: bool = False
     #: still known to discovery; a removed worker finishes its in-flight work
     listed: bool = True
     last_error: str | None = None
+    #: non-streaming attempts awaiting their answer
+    open_attempts: set[OpenAttempt] = field(default_factory=set)
+    #: when it last answered (a complete answer, a stream's first event, a probe's token)
+    last_answer_at: float = 0.0
+    #: when an attempt on it last timed out with no answer from it since
+    timed_out_at: float | None = None
 
     @property
     def worker_id(self) -> str:
         return self.url
 
+    @property
+    def in_rotation(self) -> bool:
+        return self.healthy and self.listed and self.ejected_until is None
+
     def load(self) -> WorkerLoad:
         return WorkerLoad(
             self.url,
-            self.healthy and self.listed,
+            self.in_rotation,
             self.in_flight_sequences,
             self.in_flight_predicted_tokens,
             self.in_flight_kv_tokens,
@@ -68,10 +118,16 @@ class Worker:
 @dataclass
 class WorkerPool:
     on_change: Callable[[], None] = lambda: None
-    unhealthy_after_failures: int = 1
+    #: failed health probes in a row that take a worker out
+    unhealthy_after_failures: int = UNHEALTHY_AFTER_FAILED_PROBES
+    outliers: OutlierDetection = field(default_factory=OutlierDetection)
     workers: dict[str, Worker] = field(default_factory=dict)
     #: what is known of a newly discovered worker's engine before it reports anything
     engine_default: EngineView = field(default_factory=EngineView)
+    #: ``on_taken_out(url, reason)``: ``unreachable``, ``health_check``, ``stalled`` or
+    #: ``ejected`` (counted in the gateway's metrics)
+    on_taken_out: Callable[[str, str], None] = lambda _url, _reason: None
+    clock: Callable[[], float] = time.monotonic
 
     def set_urls(self, urls: Iterable[str]) -> None:
         wanted = {u.rstrip("/") for u in urls}
@@ -94,13 +150,17 @@ class WorkerPool:
     def load_map(self) -> dict[str, WorkerLoad]:
         return {url: w.load() for url, w in self.workers.items()}
 
-    def healthy_ids(self) -> set[str]:
-        return {w.url for w in self.workers.values() if w.healthy and w.listed}
+    def healthy_ids(self, model: str | None = None) -> set[str]:
+        """Workers in rotation (serving ``model``, when given)."""
+        return {w.url for w in self.workers.values()
+                if w.in_rotation and (model is None or model in w.models)}
 
     def served_models(self) -> frozenset[str]:
+        """Every model a listed worker serves, in rotation or not (a model whose workers
+        are all out is unavailable for now, not unknown)."""
         models: set[str] = set()
         for w in self.workers.values():
-            if w.healthy and w.listed:
+            if w.listed:
                 models |= w.models
         return frozenset(models)
 
@@ -134,39 +194,161 @@ class WorkerPool:
             w.engine = engine
             self.on_change()
 
-    def report_failure(self, url: str, reason: str, *, immediate: bool = False) -> None:
-        w = self.workers.get(url)
-        if w is None:
-            return
-        w.consecutive_failures += 1
-        w.last_error = reason
-        if w.healthy and (immediate or w.consecutive_failures >= self.unhealthy_after_failures):
-            log.warning("worker %s taken out: %s", url, reason)
-            w.healthy = False
-            self.on_change()
+    # --- what requests show ------------------------------------------------------------
 
-    def model_cards(self) -> list[dict]:
-        cards: dict[str, dict] = {}
-        for w in self.workers.values():
-            if w.healthy and w.listed:
-                for card in w.model_cards:
-                    cards.setdefault(str(card["id"]), card)
-        return list(cards.values())
-
-    def report_healthy(self, url: str, model_cards: list[dict] | None = None) -> None:
+    def report_answer(self, url: str) -> None:
+        """The worker answered a request (200): it works, whatever failed before."""
         w = self.workers.get(url)
         if w is None:
             return
         w.consecutive_failures = 0
-        w.last_error = None
+        w.last_answer_at = self.clock()
+        w.timed_out_at = None
+
+    def report_failure(self, url: str, reason: str, *, unreachable: bool = False,
+                       timed_out: bool = False) -> None:
+        """A request failed on the worker before any byte reached its client (or a stream
+        was cut off): ``unreachable`` when the connection was refused or cut."""
+        w = self.workers.get(url)
+        if w is None:
+            return
+        w.last_error = reason
+        if unreachable:
+            self._take_out(w, "unreachable", reason)
+            return
+        w.consecutive_failures += 1
+        if timed_out and w.timed_out_at is None:
+            w.timed_out_at = self.clock()
+        if w.in_rotation and w.consecutive_failures >= self.outliers.consecutive_failures:
+            self._eject(w, reason)
+
+    def _eject(self, w: Worker, reason: str) -> None:
+        listed = [x for x in self.workers.values() if x.listed]
+        ejected = sum(1 for x in listed if x.ejected_until is not None)
+        in_rotation = sum(1 for x in listed if x.in_rotation)
+        if not self.outliers.may_eject(listed=len(listed), ejected=ejected,
+                                       in_rotation=in_rotation):
+            log.warning("worker %s failed %d requests in a row (%s); kept in rotation: "
+                        "%d of %d workers in rotation, %d ejected", w.url,
+                        w.consecutive_failures, reason, in_rotation, len(listed), ejected)
+            return
+        now = self.clock()
+        w.times_ejected = self.outliers.times_after_rest(w.times_ejected,
+                                                         now - w.returned_at) + 1
+        duration = self.outliers.ejection_s(w.times_ejected)
+        w.ejected_until = now + duration
+        w.must_generate = True
+        log.warning("worker %s ejected for %.0f s after %d failed requests in a row: %s",
+                    w.url, duration, w.consecutive_failures, reason)
+        self.on_taken_out(w.url, "ejected")
+        self.on_change()
+
+    def _take_out(self, w: Worker, why: str, reason: str) -> None:
+        w.must_generate = True
+        if w.healthy:
+            log.warning("worker %s taken out (%s): %s", w.url, why, reason)
+            w.healthy = False
+            self.on_taken_out(w.url, why)
+            self.on_change()
+
+    # --- stall detection -------------------------------------------------------------
+
+    def open_attempt(self, url: str, abort: Callable[[], None]) -> OpenAttempt:
+        attempt = OpenAttempt(url, self.clock(), abort)
+        w = self.workers.get(url)
+        if w is not None:
+            w.open_attempts.add(attempt)
+        return attempt
+
+    def close_attempt(self, attempt: OpenAttempt) -> None:
+        w = self.workers.get(attempt.worker_url)
+        if w is not None:
+            w.open_attempts.discard(attempt)
+
+    def stall_suspects(self, after_s: float) -> list[str]:
+        """Workers in rotation on which an answer has been awaited for ``after_s`` with no
+        answer from them meanwhile."""
+        now = self.clock()
+        suspects = []
+        for w in self.workers.values():
+            if not w.in_rotation:
+                continue
+            waiting = [a.started_at for a in w.open_attempts]
+            if w.timed_out_at is not None:
+                waiting.append(w.timed_out_at - after_s)  # it waited that long already
+            if waiting and now - max(min(waiting), w.last_answer_at) >= after_s:
+                suspects.append(w.url)
+        return suspects
+
+    def report_stalled(self, url: str, reason: str) -> None:
+        """The worker could not generate a token while requests waited on it: take it out
+        and fail its open non-streaming attempts (retried elsewhere)."""
+        w = self.workers.get(url)
+        if w is None:
+            return
+        w.last_error = reason
+        w.timed_out_at = None
+        self._take_out(w, "stalled", reason)
+        for attempt in list(w.open_attempts):
+            attempt.aborted = True
+            attempt.abort()
+        w.open_attempts.clear()
+
+    # --- what health probes show -------------------------------------------------------
+
+    def report_probe_failure(self, url: str, reason: str) -> None:
+        w = self.workers.get(url)
+        if w is None:
+            return
+        w.probe_failures += 1
+        w.last_error = reason
+        if w.probe_failures >= self.unhealthy_after_failures:
+            self._take_out(w, "health_check", reason)
+
+    def ejection_over(self, url: str) -> bool:
+        w = self.workers.get(url)
+        return w is not None and (w.ejected_until is None or self.clock() >= w.ejected_until)
+
+    def model_cards(self) -> list[dict]:
+        cards: dict[str, dict] = {}
+        for w in self.workers.values():
+            if w.in_rotation:
+                for card in w.model_cards:
+                    cards.setdefault(str(card["id"]), card)
+        return list(cards.values())
+
+    def report_healthy(self, url: str, model_cards: list[dict] | None = None, *,
+                       generated: bool = False) -> None:
+        """A probe passed (``generated``: it made the worker generate a token)."""
+        w = self.workers.get(url)
+        if w is None:
+            return
+        w.probe_failures = 0
         if model_cards is not None:
             w.model_cards = tuple(model_cards)
             w.models = frozenset(str(card["id"]) for card in model_cards)
+        if generated:
+            w.last_answer_at = self.clock()
+            w.timed_out_at = None
+            w.must_generate = False
+        if w.must_generate:
+            return  # it was taken out by a failure: /health alone does not bring it back
+        changed = False
+        if w.ejected_until is not None and self.clock() >= w.ejected_until:
+            log.info("worker %s back from ejection", url)
+            w.ejected_until = None
+            w.returned_at = self.clock()
+            w.consecutive_failures = 0
+            changed = True
         if not w.healthy:
             log.info("worker %s healthy", url)
             w.healthy = True
             # Back from a failure, it may be a restarted engine of another size.
             w.engine = self.engine_default
+            w.consecutive_failures = 0
+            w.last_error = None
+            changed = True
+        if changed:
             self.on_change()
 
 
@@ -227,8 +409,11 @@ async def probe(client: httpx.AsyncClient, url: str, timeout_s: float) -> list[d
     return [m for m in data if isinstance(m, dict) and "id" in m]
 
 
+_PROBE_ERRORS = (httpx.HTTPError, ValueError, KeyError, TypeError)
+
+
 class WorkerMonitor:
-    """Background tasks: health probes and discovery refresh."""
+    """Background tasks: health probes, stall probes and discovery refresh."""
 
     def __init__(
         self,
@@ -239,6 +424,8 @@ class WorkerMonitor:
         health_interval_s: float,
         health_timeout_s: float,
         dns_refresh_s: float,
+        stall_after_s: float = 120.0,
+        probe_priority: int | None = None,
     ) -> None:
         self.pool = pool
         self.discovery = discovery
@@ -246,33 +433,66 @@ class WorkerMonitor:
         self.health_interval_s = health_interval_s
         self.health_timeout_s = health_timeout_s
         self.dns_refresh_s = dns_refresh_s
+        #: how long an awaited answer may take before the worker is asked for one token
+        #: (and the time it has to give it): the first-byte timeout
+        self.stall_after_s = stall_after_s
+        #: vLLM ``priority`` of probe completions (ahead of every request), or ``None``
+        self.probe_priority = probe_priority
         self._tasks: list[asyncio.Task[None]] = []
+        self._stall_probes: dict[str, asyncio.Task[None]] = {}
 
     async def refresh_discovery(self) -> None:
         self.pool.set_urls(await self.discovery.resolve())
 
     async def check_all(self) -> None:
+        self.start_stall_probes()
         urls = list(self.pool.workers)
         await asyncio.gather(*(self._check(url) for url in urls))
 
     async def _check(self, url: str) -> None:
         worker = self.pool.workers.get(url)
+        if worker is None or not self.pool.ejection_over(url):
+            return  # an ejected worker is not probed until its ejection time is over
         # A worker out of rotation after a failure must show it still generates.
-        returning = worker is not None and not worker.healthy and worker.consecutive_failures > 0
-        was_healthy = worker is not None and worker.healthy
+        returning = worker.must_generate
+        was_in_rotation = worker.in_rotation
         try:
             models = await probe(self.client, url, self.health_timeout_s)
             if returning:
-                await probe_generation(self.client, url, models, self.health_timeout_s)
-        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+                await probe_generation(self.client, url, models, self.health_timeout_s,
+                                       self.probe_priority)
+        except _PROBE_ERRORS as exc:
             where = getattr(getattr(exc, "_request", None), "url", url)
-            self.pool.report_failure(url, f"health check of {where} failed: {exc!r}")
+            self.pool.report_probe_failure(url, f"health check of {where} failed: {exc!r}")
             return
-        if was_healthy and not worker.healthy:
+        if was_in_rotation and not worker.in_rotation:
             # Taken out by a failed request while this probe ran: a plain /health answer
             # does not clear that; the next round probes with a generation.
             return
-        self.pool.report_healthy(url, models)
+        self.pool.report_healthy(url, models, generated=returning)
+
+    def start_stall_probes(self) -> None:
+        for url in self.pool.stall_suspects(self.stall_after_s):
+            if url not in self._stall_probes:
+                # Its own task: a probe may take ``stall_after_s``, and must not hold up
+                # the other workers' health checks meanwhile.
+                task = asyncio.create_task(self._stall_probe(url))
+                self._stall_probes[url] = task
+                task.add_done_callback(lambda _t, u=url: self._stall_probes.pop(u, None))
+
+    async def _stall_probe(self, url: str) -> None:
+        worker = self.pool.workers.get(url)
+        if worker is None or not worker.model_cards:
+            return
+        try:
+            await probe_generation(self.client, url, list(worker.model_cards),
+                                   self.stall_after_s, self.probe_priority)
+        except _PROBE_ERRORS as exc:
+            self.pool.report_stalled(
+                url, f"no token from a one-token probe within {self.stall_after_s:g} s "
+                f"while requests waited on it ({exc!r})")
+            return
+        self.pool.report_healthy(url, generated=True)
 
     async def start(self) -> None:
         """Discover and probe once (so the first request finds workers), then keep going."""
@@ -284,9 +504,10 @@ class WorkerMonitor:
         ]
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._stall_probes.values()]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks = []
 
     @staticmethod

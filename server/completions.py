@@ -78,6 +78,8 @@ class CompletionService:
         if parsed.model not in self.pool.served_models():
             raise GatewayError(404, f"The model `{parsed.model}` does not exist.",
                                param="model", code="model_not_found")
+        if not self.pool.healthy_ids(parsed.model):
+            raise no_worker_error()  # its workers are all out of rotation for now
         ticket = self._ticket(endpoint, parsed, arrival, arrival_unix)
         # With nothing queued and a running slot free, the prediction cannot change where
         # or when the request runs: take the slot now, dispatch, and predict once the

@@ -17,10 +17,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from lengthwise.common.paths import cache_dir
+from lengthwise.worker.edt.params import DEFAULT_N as EDT_DEFAULT_N
+from server.outlier_detection import UNHEALTHY_AFTER_FAILED_PROBES, OutlierDetection
 from server.policy import AdmissionLimits, PointEstimate, PolicyConfig, PolicyName
 
 ENV_PREFIX = "LENGTHWISE_"
@@ -59,9 +61,24 @@ class GatewayConfig(BaseSettings):
     """How often each worker's ``/health`` is probed."""
     health_timeout_s: float = Field(2.0, gt=0)
     """A health probe slower than this counts as a failure."""
-    unhealthy_after_failures: int = Field(1, ge=1)
-    """Consecutive failed probes that take a worker out of rotation. A connection
-    error or timeout on a real request takes it out at once; one good probe puts it back."""
+    unhealthy_after_failures: int = Field(UNHEALTHY_AFTER_FAILED_PROBES, ge=1)
+    """Consecutive failed health probes that take a worker out of rotation (as Kubernetes'
+    ``failureThreshold``: one slow probe on a busy worker is not an outage). A refused
+    connection on a real request takes it out at once. It returns once a probe passes
+    and makes it generate a token. Failed *requests* are outlier detection's
+    (``eject_after_failures``)."""
+    eject_after_failures: int = Field(OutlierDetection().consecutive_failures, ge=1)
+    """Outlier detection (after Envoy's): failed requests in a row (5xx, time-out, a stream
+    cut off) that eject a worker; any answer resets the count. See ``deploy/README.md``."""
+    ejection_base_s: float = Field(OutlierDetection().base_ejection_s, gt=0)
+    """An ejection lasts this times the number of times the worker was ejected (falling
+    by one per this time in rotation), up to ``ejection_max_s``; then a probe must make
+    it generate a token before it returns."""
+    ejection_max_s: float = Field(OutlierDetection().max_ejection_s, gt=0)
+    """Longest ejection."""
+    max_ejected_share: float = Field(OutlierDetection().max_ejected_share, ge=0, le=1)
+    """At most this share of the workers (rounded down) is ejected at once, and never the
+    last worker in rotation: with one worker, failed requests never eject it."""
     engine_stats_interval_s: float = Field(2.0, gt=0)
     """How often each worker's vLLM ``/metrics`` is scraped (KV-cache size and usage, the
     running and waiting counts admission learns the engine's slots from)."""
@@ -110,16 +127,24 @@ class GatewayConfig(BaseSettings):
     ``--scheduling-policy priority`` (vLLM rejects a non-zero priority otherwise)."""
 
     # --- upstream requests -----------------------------------------------------
+    worker_api_key: SecretStr | None = None
+    """Key the workers were started with (vLLM ``--api-key``), sent to them as
+    ``Authorization: Bearer`` on every request, health probe and metrics scrape."""
     connect_timeout_s: float = Field(3.0, gt=0)
     """Time allowed to open a connection to a worker."""
     first_byte_timeout_s: float = Field(120.0, gt=0)
-    """Time a worker may take to answer (headers and the first streamed event, or the whole
-    body of a non-streaming request) before the attempt fails and is retried elsewhere."""
+    """Time a worker may take to start a stream (headers and first event) before the
+    attempt fails and is retried elsewhere. It does not bound a non-streaming answer,
+    which vLLM sends only once complete (see ``request_timeout_s``); instead, a worker
+    on which an answer has been awaited this long, with no answer from it meanwhile, is
+    asked for one token within this time, and is taken out as hung if it cannot."""
     stream_idle_timeout_s: float = Field(60.0, gt=0)
     """Longest silence allowed between two events of a started stream; the client then
     gets an error event."""
     request_timeout_s: float = Field(600.0, gt=0)
-    """Upper bound on one request's time at the workers (all attempts)."""
+    """Upper bound on one request's time from arrival until its answer is complete
+    (non-streaming) or its stream has started, over all attempts: the total time a long
+    non-streaming answer may take."""
     max_attempts: int = Field(2, ge=1)
     """Workers tried for one request, as long as no byte has reached the client."""
 
@@ -145,9 +170,10 @@ class GatewayConfig(BaseSettings):
     # --- EDT (entropy-based dynamic temperature) -------------------------------
     edt_theta: float | None = Field(None, ge=0)
     """Gateway-wide EDT default θ for requests without their own ``edt``/``vllm_xargs``
-    (both ``edt_theta`` and ``edt_n`` or neither). The worker must load the EDT processor."""
+    (``None``: EDT off unless a request asks). The worker must load the EDT processor."""
     edt_n: float | None = Field(None, gt=0, lt=1)
-    """Gateway-wide EDT default exponent N (0 < N < 1)."""
+    """Gateway-wide EDT exponent N (0 < N < 1) that goes with ``edt_theta``; ``None`` uses
+    the paper's N = 0.8 (``lengthwise.worker.edt.params.DEFAULT_N``)."""
 
     # --- security --------------------------------------------------------------
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
@@ -161,11 +187,23 @@ class GatewayConfig(BaseSettings):
     rate_limit_tokens_per_min: int | None = Field(None, ge=1)
     """Per API key: prompt plus completion tokens per minute (``None``: unlimited); beyond
     it 429 (see ``server.rate_limit``)."""
+    rate_limit_redis_url: SecretStr | None = None
+    """Keep the rate-limit buckets in Redis (``redis://host:6379/0``), shared by every
+    gateway replica, so a key gets its limits once in total rather than once per replica.
+    ``None``: in this process (exact for one replica). Needs the ``redis`` extra; the
+    gateway refuses to start if Redis does not answer, and admits requests (logging and
+    counting the error) if it fails later. See ``deploy/README.md``."""
 
     # --- outputs ---------------------------------------------------------------
     request_log_path: Path | None = Field(default_factory=lambda: cache_dir() / "requests.jsonl")
     """Append-only JSON Lines log of finished requests (prediction next to actual length);
     ``None`` disables it."""
+    request_log_max_bytes: int | None = Field(100 * 1024 * 1024, ge=4096)
+    """Size at which the request log rotates: it becomes ``<path>.1`` (older files shift to
+    ``.2`` ...) and a new file starts. ``None``: it grows without bound."""
+    request_log_backups: int = Field(5, ge=0)
+    """Rotated request log files kept; the oldest beyond this is deleted. With the default
+    size that bounds the log's disk use to 600 MiB (about 1.2 million requests)."""
     shutdown_grace_s: float = Field(30.0, ge=0)
     """On SIGTERM, time allowed for in-flight requests to finish."""
     gc_freeze_after_start: bool = True
@@ -218,8 +256,8 @@ class GatewayConfig(BaseSettings):
 
     @model_validator(mode="after")
     def _edt_pair(self) -> GatewayConfig:
-        if (self.edt_theta is None) != (self.edt_n is None):
-            raise ValueError("set both edt_theta and edt_n, or neither")
+        if self.edt_theta is None and self.edt_n is not None:
+            raise ValueError("edt_n needs edt_theta (the EDT strength); set edt_theta too")
         if self.edt_theta is not None and not math.isfinite(self.edt_theta):
             raise ValueError("edt_theta must be finite")
         return self
@@ -238,6 +276,12 @@ class GatewayConfig(BaseSettings):
             kv_budget=self.kv_budget)
 
     @property
+    def outlier_detection(self) -> OutlierDetection:
+        return OutlierDetection(self.eject_after_failures, self.ejection_base_s,
+                                max(self.ejection_base_s, self.ejection_max_s),
+                                self.max_ejected_share)
+
+    @property
     def online_learning_settings(self):
         from server.online_learning import OnlineLearningSettings
 
@@ -247,10 +291,18 @@ class GatewayConfig(BaseSettings):
             max_models=self.online_max_models)
 
     @property
+    def worker_headers(self) -> dict[str, str]:
+        """Headers every request to a worker carries."""
+        if self.worker_api_key is None:
+            return {}
+        return {"authorization": f"Bearer {self.worker_api_key.get_secret_value()}"}
+
+    @property
     def edt_default(self) -> dict[str, float] | None:
-        if self.edt_theta is None or self.edt_n is None:
+        if self.edt_theta is None:
             return None
-        return {"edt_theta": self.edt_theta, "edt_n": self.edt_n}
+        return {"edt_theta": self.edt_theta,
+                "edt_n": EDT_DEFAULT_N if self.edt_n is None else self.edt_n}
 
 
 def read_config_file(path: Path) -> dict[str, Any]:

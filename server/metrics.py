@@ -77,6 +77,18 @@ class GatewayMetrics:
             "lengthwise_worker_healthy", "1 when the worker is in rotation.", ["worker"],
             registry=registry,
         )
+        self.taken_out = Counter(
+            "lengthwise_worker_taken_out",
+            "Times a worker was taken out of rotation, by reason: unreachable (connection "
+            "refused), health_check (failed probes), stalled (no token from the stall "
+            "probe) or ejected (outlier detection: failed requests in a row).",
+            ["worker", "reason"], registry=registry,
+        )
+        self.rate_limit_store_errors = Counter(
+            "lengthwise_rate_limit_store_errors",
+            "Rate-limit checks or charges that failed because the shared store (Redis) "
+            "did not answer; the request was admitted.", registry=registry,
+        )
         self.kv_cache_usage = Gauge(
             "lengthwise_worker_kv_cache_usage_ratio",
             "The worker's KV-cache usage (0..1), from vLLM's vllm:kv_cache_usage_perc.",
@@ -130,7 +142,7 @@ class GatewayMetrics:
         for url, w in pool.workers.items():
             self.in_flight.labels(url).set(w.in_flight_sequences)
             self.in_flight_predicted.labels(url).set(w.in_flight_predicted_tokens)
-            self.worker_healthy.labels(url).set(1 if (w.healthy and w.listed) else 0)
+            self.worker_healthy.labels(url).set(1 if w.in_rotation else 0)
         self._known_workers = current
 
     def observe_p90_coverage(self, model: str, actual_tokens: int, predicted_p90: float) -> None:

@@ -28,11 +28,13 @@ DONE = b"[DONE]"
 class UpstreamFailure(Exception):
     """The attempt failed before any byte reached the client."""
 
-    def __init__(self, reason: str, *, worker_down: bool) -> None:
+    def __init__(self, reason: str, *, worker_down: bool, timed_out: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
-        #: the worker is unreachable (take it out now), not merely slow or erroring
+        #: the connection was refused or cut: the worker is likely down (take it out now)
         self.worker_down = worker_down
+        #: the worker did not answer in time
+        self.timed_out = timed_out
 
 
 @dataclass(slots=True)
@@ -129,9 +131,10 @@ def error_event(message: str, code: str) -> bytes:
 UPSTREAM_KEEPALIVE_S = 3.0
 
 
-def upstream_session() -> aiohttp.ClientSession:
+def upstream_session(headers: dict[str, str] | None = None) -> aiohttp.ClientSession:
     """The pooled session for non-streaming completions (one per gateway, unbounded pool:
-    the dispatcher already bounds what is in flight).
+    the dispatcher already bounds what is in flight). ``headers`` go with every request
+    (the workers' API key).
 
     aiohttp rather than httpx here: per request it costs ~0.4 ms of CPU against httpx's
     ~1.8 ms (measured on this 2-core machine), and at low load that CPU is the gateway's
@@ -139,7 +142,8 @@ def upstream_session() -> aiohttp.ClientSession:
     connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=UPSTREAM_KEEPALIVE_S)
     sent = aiohttp.TraceConfig()
     sent.on_request_chunk_sent.append(_call_on_sent)
-    return aiohttp.ClientSession(connector=connector, trust_env=False, trace_configs=[sent])
+    return aiohttp.ClientSession(connector=connector, trust_env=False, trace_configs=[sent],
+                                 headers=headers)
 
 
 async def _call_on_sent(_session: aiohttp.ClientSession, context: Any, _params: Any) -> None:
@@ -153,6 +157,7 @@ async def _call_on_sent(_session: aiohttp.ClientSession, context: Any, _params: 
 async def post_complete(
     session: aiohttp.ClientSession, url: str, body: dict, total_timeout_s: float,
     connect_timeout_s: float, on_sent: Callable[[], None] | None = None,
+    headers: dict[str, str] | None = None,
 ) -> UpstreamReply:
     """Non-streaming attempt: the whole answer, or ``UpstreamFailure``.
 
@@ -161,7 +166,8 @@ async def post_complete(
                          allow_nan=False).encode("utf-8")
     timeout = aiohttp.ClientTimeout(total=total_timeout_s, sock_connect=connect_timeout_s)
     try:
-        async with session.post(url, data=payload, headers=_JSON_HEADERS, timeout=timeout,
+        async with session.post(url, data=payload, headers={**_JSON_HEADERS, **(headers or {})},
+                                timeout=timeout,
                                 trace_request_ctx=on_sent) as resp:
             content = await resp.read()
             status, content_type = resp.status, resp.headers.get("content-type", "")
@@ -170,8 +176,10 @@ async def post_complete(
     except aiohttp.ConnectionTimeoutError:
         raise UpstreamFailure("cannot connect: timed out", worker_down=True) from None
     except TimeoutError:
-        raise UpstreamFailure("worker timed out", worker_down=False) from None
+        raise UpstreamFailure("worker timed out", worker_down=False, timed_out=True) from None
     except aiohttp.ClientError as exc:
+        # The connection was cut: most likely the worker died. Out until a probe shows
+        # it generates again (the next health round, if it was a one-off).
         raise UpstreamFailure(f"transport error: {exc!r}", worker_down=True) from None
     if status >= 500:
         raise UpstreamFailure(f"worker answered {status}", worker_down=False)
@@ -203,13 +211,14 @@ async def open_stream(
     first_event_timeout_s: float,
     inspector: SSEInspector,
     on_sent: Callable[[], None] | None = None,
+    headers: dict[str, str] | None = None,
 ) -> OpenStream | UpstreamReply:
     """Streaming attempt: returns once the first event is in hand (or the worker's 4xx).
 
     ``on_sent`` is called when the worker has accepted the request (its headers are in),
     while the first token is still being computed."""
     timeout = httpx.Timeout(None, connect=connect_timeout_s)
-    request = client.build_request("POST", url, json=body, timeout=timeout)
+    request = client.build_request("POST", url, json=body, timeout=timeout, headers=headers)
     response: httpx.Response | None = None
     try:
         async with asyncio.timeout(first_event_timeout_s):
@@ -242,7 +251,8 @@ async def open_stream(
     except TimeoutError:
         if response is not None:
             await response.aclose()
-        raise UpstreamFailure("no first event before the timeout", worker_down=False) from None
+        raise UpstreamFailure("no first event before the timeout", worker_down=False,
+                              timed_out=True) from None
     except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
         raise UpstreamFailure(f"cannot connect: {exc!r}", worker_down=True) from None
     except httpx.HTTPError as exc:

@@ -11,6 +11,10 @@ their own size once, never by more.
 Refusals raise a 429 ``GatewayError`` (OpenAI's ``rate_limit_exceeded``) with
 ``Retry-After`` set to when the bucket allows the next request. Without API keys
 configured, all clients share one bucket (the limits then cap the gateway as a whole).
+
+Where the buckets live: in this process (``RateLimiter``, the default: exact for one
+gateway replica; N replicas let a key through N times over), or in Redis
+(``rate_limit_redis_url``, ``server.rate_limit_redis``), shared by every replica.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from starlette.responses import Response
 
@@ -43,7 +48,26 @@ class _Bucket:
         return max(0.0, (level - self.level) * 60.0 / self.capacity)
 
 
+class Limiter(Protocol):
+    """Where the buckets are kept; ``RateLimiter`` (this process) or ``RedisRateLimiter``."""
+
+    requests_per_min: int | None
+    tokens_per_min: int | None
+
+    async def start(self) -> None: ...
+
+    async def admit(self, key: str) -> None:
+        """Take one request from ``key``'s allowance, or raise a 429 ``GatewayError``."""
+
+    def charge_tokens(self, key: str, tokens: int) -> None:
+        """Charge a finished request's tokens to ``key`` (may complete in the background)."""
+
+    async def aclose(self) -> None: ...
+
+
 class RateLimiter:
+    """The buckets in this process's memory: exact for one gateway replica."""
+
     def __init__(
         self,
         requests_per_min: int | None,
@@ -62,7 +86,16 @@ class RateLimiter:
     def enabled(self) -> bool:
         return self.requests_per_min is not None or self.tokens_per_min is not None
 
-    def admit(self, key: str) -> None:
+    async def start(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+    async def admit(self, key: str) -> None:
+        self.admit_now(key)
+
+    def admit_now(self, key: str) -> None:
         """Take one request from ``key``'s allowance, or raise a 429 ``GatewayError``."""
         if not self.enabled:
             return
@@ -70,12 +103,12 @@ class RateLimiter:
             now = self.clock()
             tokens = self._bucket(self._tokens, key, self.tokens_per_min, now)
             if tokens is not None and tokens.level <= 0:
-                raise _limited("tokens per minute", self.tokens_per_min,
+                raise limited("tokens per minute", self.tokens_per_min,
                                tokens.seconds_until(1.0))
             requests = self._bucket(self._requests, key, self.requests_per_min, now)
             if requests is not None:
                 if requests.level < 1.0:
-                    raise _limited("requests per minute", self.requests_per_min,
+                    raise limited("requests per minute", self.requests_per_min,
                                    requests.seconds_until(1.0))
                 requests.level -= 1.0
 
@@ -101,11 +134,24 @@ class RateLimiter:
         return bucket
 
 
-def _limited(what: str, limit: int | None, wait_s: float) -> GatewayError:
+def limited(what: str, limit: int | None, wait_s: float) -> GatewayError:
     return GatewayError(
         429, f"Rate limit reached for this API key: {limit} {what}. Retry later.",
         code="rate_limit_exceeded", headers={"Retry-After": str(max(1, math.ceil(wait_s)))},
     )
+
+
+def make_rate_limiter(requests_per_min: int | None, tokens_per_min: int | None,
+                      redis_url: str | None,
+                      clock: Callable[[], float] = time.monotonic,
+                      on_store_error: Callable[[], None] = lambda: None) -> Limiter:
+    """The configured limiter: in Redis when a URL is given (and a limit is set)."""
+    if redis_url and (requests_per_min is not None or tokens_per_min is not None):
+        from server.rate_limit_redis import RedisRateLimiter
+
+        return RedisRateLimiter(redis_url, requests_per_min, tokens_per_min,
+                                on_error=on_store_error)
+    return RateLimiter(requests_per_min, tokens_per_min, clock)
 
 
 def charge_when_finished(response: Response, charge: Callable[[int], None]) -> None:

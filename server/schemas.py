@@ -13,16 +13,21 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
 
+from lengthwise.worker.edt.params import DEFAULT_N as EDT_DEFAULT_N
+
 XArgValue = str | int | float | list[str | int | float]
 
 
 class EDTParams(BaseModel):
-    """Entropy-based dynamic temperature: ``T = T0 * n ** (theta / entropy)``; T0 = temperature."""
+    """Entropy-based dynamic temperature: ``T = T0 * n ** (theta / entropy)``; T0 = temperature.
+
+    ``n`` defaults to the paper's N = 0.8, so ``{"theta": 0.5}`` alone is a complete
+    request; it is always sent to the worker explicitly, whatever the worker's own default."""
 
     model_config = ConfigDict(extra="forbid")
 
     theta: float = Field(ge=0, allow_inf_nan=False)
-    n: float = Field(gt=0, lt=1, allow_inf_nan=False)
+    n: float = Field(EDT_DEFAULT_N, gt=0, lt=1, allow_inf_nan=False)
 
     def as_xargs(self) -> dict[str, float]:
         return {"edt_theta": self.theta, "edt_n": self.n}

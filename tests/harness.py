@@ -69,12 +69,15 @@ class StandinWorker:
     """A stand-in vLLM OpenAI server process; ``control()`` makes it misbehave."""
 
     def __init__(self, model: str = MODEL, token_delay_s: float = 0.005, default_len: int = 8,
-                 port: int | None = None) -> None:
+                 port: int | None = None, api_key: str | None = None) -> None:
         self.model = model
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.args = [sys.executable, str(STANDIN), "--port", str(self.port), "--model", model,
                      "--token-delay-s", str(token_delay_s), "--default-len", str(default_len)]
+        if api_key is not None:
+            self.args += ["--api-key", api_key]
+        self.api_key = api_key
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> StandinWorker:
@@ -85,7 +88,7 @@ class StandinWorker:
         return self
 
     def _up(self) -> bool:
-        return httpx.get(f"{self.url}/v1/models", timeout=0.5).status_code == 200
+        return httpx.get(f"{self.url}/health", timeout=0.5).status_code == 200
 
     def control(self, **settings: Any) -> dict:
         return httpx.post(f"{self.url}/control", json=settings, timeout=5).json()

@@ -10,6 +10,7 @@ error bodies) over real HTTP, and can be told to misbehave:
             | ``die`` (exit on the next completion request)
             | ``die_mid_stream`` (exit after a few streamed tokens)
   ``stall_health``: bool (``/health`` never answers)
+  ``fail_marker``: a string; completions whose prompt holds it get 500 (``null``: none)
   ``token_delay_s``: seconds per generated token
   ``max_num_seqs``: requests it runs at once (``null``: unlimited); the rest wait in a
             queue ordered by ``(priority, arrival)``, as vLLM's priority scheduling
@@ -17,8 +18,12 @@ error bodies) over real HTTP, and can be told to misbehave:
             (``null``: not reported); usage counts each running request's prompt and
             tokens so far
 ``GET /control`` returns the counters: ``running``, ``waiting``, ``aborted``,
-``completed``, ``max_running``, the last received bodies (priority, vllm_xargs, ...)
-and ``started``: the last requests' texts in the order they started running.
+``completed``, ``max_running``, the last received bodies (priority, vllm_xargs, ...),
+``request_ids``: their ``X-Request-Id`` headers, and ``started``: the last requests'
+texts in the order they started running.
+
+``--api-key KEY`` makes it refuse ``/v1/*`` requests without ``Authorization: Bearer
+KEY`` with vLLM's 401 (``/health`` and ``/metrics`` stay open, as in vLLM).
 
 Completion length: ``LEN=<n>`` in the prompt, else ``--default-len``, capped by
 ``max_tokens`` (finish_reason ``length`` when capped, else ``stop``).
@@ -45,13 +50,15 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 LEN_RE = re.compile(r"LEN=(\d+)")
 
 
-def build_app(model: str, default_len: int, token_delay_s: float, max_model_len: int) -> FastAPI:
+def build_app(model: str, default_len: int, token_delay_s: float, max_model_len: int,
+              api_key: str | None = None) -> FastAPI:
     app = FastAPI()
     state: dict[str, Any] = {
         "mode": "ok", "stall_health": False, "token_delay_s": token_delay_s,
         "running": 0, "max_running": 0, "aborted": 0, "completed": 0, "received": [],
         "max_num_seqs": None, "waiting": 0, "kv_blocks": None, "block_size": 16,
-        "kv_used": 0, "started": [],
+        "kv_used": 0, "started": [], "request_ids": [], "unauthorized": 0,
+        "fail_marker": None,
     }
     waiters: list[tuple[int, int, asyncio.Future]] = []
     arrivals = iter(range(10**12))
@@ -134,6 +141,8 @@ def build_app(model: str, default_len: int, token_delay_s: float, max_model_len:
     async def completion(request: Request, chat: bool):
         body = await request.json()
         state["received"] = (state["received"] + [body])[-200:]
+        state["request_ids"] = (state["request_ids"]
+                                + [request.headers.get("x-request-id")])[-200:]
         mode = state["mode"]
         if mode == "die":
             os._exit(1)
@@ -148,6 +157,8 @@ def build_app(model: str, default_len: int, token_delay_s: float, max_model_len:
         else:
             prompt = body.get("prompt")
             text = prompt if isinstance(prompt, str) else json.dumps(prompt)
+        if state["fail_marker"] and state["fail_marker"] in text:
+            return error(500, "stand-in told to fail this prompt", "InternalServerError")
         prompt_tokens = max(1, len(text.split()))
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
         if max_tokens is not None and prompt_tokens + max_tokens > max_model_len:
@@ -253,7 +264,27 @@ def build_app(model: str, default_len: int, token_delay_s: float, max_model_len:
     async def completions(request: Request):
         return await completion(request, chat=False)
 
+    if api_key is not None:
+        return _KeyCheck(app, api_key, state)  # type: ignore[return-value]
     return app
+
+
+class _KeyCheck:
+    """vLLM's ``--api-key``: ``/v1/*`` needs ``Authorization: Bearer KEY``, else 401.
+    Plain ASGI (not Starlette's BaseHTTPMiddleware, which hides client disconnects)."""
+
+    def __init__(self, app: FastAPI, key: str, state: dict[str, Any]) -> None:
+        self.app, self.key, self.state = app, key, state
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1"):
+            headers = dict(scope["headers"])
+            if headers.get(b"authorization", b"").decode("latin-1") != f"Bearer {self.key}":
+                self.state["unauthorized"] += 1
+                await JSONResponse({"error": "Unauthorized"}, status_code=401)(
+                    scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def main() -> None:
@@ -264,8 +295,10 @@ def main() -> None:
     parser.add_argument("--default-len", type=int, default=8)
     parser.add_argument("--token-delay-s", type=float, default=0.005)
     parser.add_argument("--max-model-len", type=int, default=2048)
+    parser.add_argument("--api-key", default=None)
     args = parser.parse_args()
-    app = build_app(args.model, args.default_len, args.token_delay_s, args.max_model_len)
+    app = build_app(args.model, args.default_len, args.token_delay_s, args.max_model_len,
+                    args.api_key)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 
 

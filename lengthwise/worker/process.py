@@ -205,6 +205,12 @@ class WorkerProcess:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    @property
+    def returncode(self) -> int | None:
+        """How the process ended (negative: the signal that killed it); ``None`` while it
+        runs or when it was never started."""
+        return self._proc.returncode if self._proc is not None else None
+
     def start(self) -> None:
         if self.running():
             return
@@ -230,7 +236,9 @@ class WorkerProcess:
     def wait_healthy(self) -> None:
         deadline = time.monotonic() + self.config.startup_timeout_s
         while time.monotonic() < deadline:
-            if self._proc is not None and self._proc.poll() is not None:
+            if self._proc is None:
+                raise WorkerStartError("vLLM worker stopped during start-up", "")
+            if self._proc.poll() is not None:
                 code = self._proc.returncode
                 self._proc = None
                 raise WorkerStartError(
@@ -248,9 +256,17 @@ class WorkerProcess:
 
     def stop(self, grace_s: float = 20.0) -> None:
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
+        if proc is None:
             return
-        pgid = os.getpgid(proc.pid)
+        # Its own session (start_new_session): the group id is the leader's pid, and the
+        # group outlives a leader that was killed, with vLLM's engine core in it.
+        pgid = proc.pid
+        if proc.poll() is not None:
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            return
         os.killpg(pgid, signal.SIGTERM)
         try:
             proc.wait(timeout=grace_s)
@@ -274,26 +290,25 @@ class WorkerProcess:
 
 def run_supervised(config: WorkerConfig, *, say=print) -> None:
     """Run one worker in the foreground until SIGTERM or Ctrl-C; restart it if it dies or
-    stops answering, so a long-lived development or benchmark worker stays available."""
+    stops answering (``lengthwise.worker.supervisor``), so a long-lived development or
+    benchmark worker stays available."""
+    from lengthwise.worker.supervisor import WorkerSupervisor
+
     stop_signals = {signal.SIGINT, signal.SIGTERM}
     # Block first so a signal arriving during start-up is not lost.
     signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     worker = WorkerProcess(config)
+    supervisor = WorkerSupervisor(
+        worker, on_restart=lambda reason: say(f"vLLM worker {reason}; restarting"))
     try:
         worker.start()
         say(f"ready {worker.base_url}: vLLM worker {config.served_model_name} (pid "
             f"{worker.pid}, log {worker.log_path}); EDT metrics at "
             f"{config.edt_metrics_url or 'off'}")
-        failed_checks = 0
-        while signal.sigtimedwait(stop_signals, 10.0) is None:
-            failed_checks = 0 if is_healthy(worker.base_url, timeout_s=10) else failed_checks + 1
-            if not worker.running() or failed_checks >= 3:
-                say("vLLM worker died or stopped answering; restarting")
-                worker.stop()
-                worker.start()
-                failed_checks = 0
+        supervisor.start()
+        signal.sigwait(stop_signals)
     finally:
-        worker.stop()
+        supervisor.stop()  # stops the worker too
 
 
 def served_model(base_url: str, timeout_s: float = 10.0) -> str:

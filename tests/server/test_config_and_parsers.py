@@ -49,7 +49,7 @@ def test_config_precedence_file_then_env_then_flags(tmp_path):
 
 def test_config_rejects_bad_settings(tmp_path):
     with pytest.raises(ValidationError):
-        load_config(None, {"edt_theta": 1.0}, environ={})  # edt_n missing
+        load_config(None, {"edt_n": 0.5}, environ={})  # an exponent without a strength
     with pytest.raises(ValidationError):
         load_config(None, {"workers": ["ftp://x"]}, environ={})
     with pytest.raises(ValidationError):

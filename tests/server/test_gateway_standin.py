@@ -4,6 +4,7 @@ retries, health, disconnects, queueing, auth, metrics and the request log."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 
 import httpx
@@ -128,6 +129,19 @@ def test_extra_fields_priority_and_edt_reach_vllm(standin_factory, gateway_facto
     assert all(isinstance(r["priority"], int) and r["priority"] >= 0 for r in received)
 
 
+def test_edt_n_defaults_to_the_papers_n(standin_factory, gateway_factory):
+    """``edt: {"theta": 0.5}`` is a complete request (N = 0.8), and so is a gateway-wide
+    ``edt_theta`` without ``edt_n``."""
+    worker = standin_factory()
+    gw = gateway_factory([worker.url], edt_theta=0.25)
+    resp = httpx.post(gw.url + CHAT, json=chat_body(edt={"theta": 0.5}), timeout=10)
+    assert resp.status_code == 200, resp.text
+    assert httpx.post(gw.url + CHAT, json=chat_body(), timeout=10).status_code == 200
+    own, default = worker.state()["received"][-2:]
+    assert own["vllm_xargs"] == {"edt_theta": 0.5, "edt_n": 0.8}
+    assert default["vllm_xargs"] == {"edt_theta": 0.25, "edt_n": 0.8}
+
+
 # --- bad input ------------------------------------------------------------------------------
 
 
@@ -156,7 +170,7 @@ def test_extra_fields_priority_and_edt_reach_vllm(standin_factory, gateway_facto
         ((b'{"model": "standin", "messages": [{"role": "user", "content": "x"}], '
           b'"edt": {"theta": 1, "n": 1.0}}'), 400),
         ((b'{"model": "standin", "messages": [{"role": "user", "content": "x"}], '
-          b'"edt": {"theta": 1}}'), 400),
+          b'"edt": {"n": 0.5}}'), 400),  # theta is the one required EDT field
         (b"[" * 100_000 + b"]" * 100_000, 400),
         (b'{"model": "nope", "messages": [{"role": "user", "content": "x"}]}', 404),
     ],
@@ -190,7 +204,7 @@ async def test_failing_worker_is_retried_elsewhere_and_taken_out(
     good, bad = standin_factory(token_delay_s=0.02), standin_factory()
     bad.control(mode="fail")
     gw = gateway_factory([good.url, bad.url], health_interval_s=60,
-                         max_sequences_per_worker=1)
+                         max_sequences_per_worker=1, eject_after_failures=1)
     async with httpx.AsyncClient(timeout=30) as client:
         resps = await asyncio.gather(*(
             client.post(gw.url + CHAT, json=chat_body(stream=i % 2 == 0)) for i in range(6)
@@ -216,7 +230,7 @@ def test_dead_worker_is_skipped_and_used_again_when_back(standin_factory, gatewa
     assert b.state()["completed"] >= 3
 
 
-def test_stalled_worker_trips_the_request_timeout_and_the_health_check(
+def test_stalled_worker_trips_the_request_timeout_and_the_stall_probe(
     standin_factory, gateway_factory
 ):
     worker = standin_factory()
@@ -226,10 +240,13 @@ def test_stalled_worker_trips_the_request_timeout_and_the_health_check(
     resp = httpx.post(gw.url + CHAT, json=chat_body(stream=True), timeout=10)
     err = assert_openai_error(resp, 503)
     assert err["code"] == "upstream_unavailable"
-    # /health still answers, but a worker taken out returns only once it generates again.
-    assert not wait_until(lambda: bool(gw.gateway.pool.healthy_ids()), timeout_s=1.5)
+    # One time-out does not take out the only worker; the stall probe that follows it
+    # (one token, within the first-byte timeout) shows the engine is hung, and does.
+    assert wait_until(lambda: not gw.gateway.pool.healthy_ids(), timeout_s=5)
     err = assert_openai_error(httpx.post(gw.url + CHAT, json=chat_body(), timeout=10), 503)
     assert err["code"] == "no_healthy_worker"
+    # /health still answers, but a worker taken out returns only once it generates again.
+    assert not wait_until(lambda: bool(gw.gateway.pool.healthy_ids()), timeout_s=1.5)
     worker.control(mode="ok")
     assert wait_until(lambda: gw.gateway.pool.healthy_ids() == {worker.url})
     assert httpx.post(gw.url + CHAT, json=chat_body(), timeout=10).status_code == 200
@@ -298,7 +315,13 @@ async def test_queued_requests_dispatch_in_policy_order(standin_factory, gateway
     received = [r for r in worker.state()["received"] if "LEN=1" in r["messages"][0]["content"]]
     order = [predicted[json.dumps(r["messages"])] for r in received]
     assert order == sorted(order)
-    assert [r["priority"] for r in received] == sorted(r["priority"] for r in received)
+    # Each request's vLLM priority follows its prediction: a shorter prediction gets a
+    # strictly smaller (sooner) priority, so vLLM's own queue keeps the gateway's order.
+    # (A constant priority, or one that ignores the prediction, fails this.)
+    priorities = [r["priority"] for r in received]
+    assert len(set(order)) == len(order) == len(texts)  # the predictions differ
+    for (p1, q1), (p2, q2) in itertools.combinations(zip(order, priorities), 2):
+        assert (p1 < p2) == (q1 < q2), (order, priorities)
 
 
 async def test_a_burst_is_ordered_by_prediction_beyond_the_free_slots(standin_factory,
