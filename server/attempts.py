@@ -5,13 +5,13 @@ time-out, a stream cut before its first event) is retried on another worker, up 
 ``max_attempts`` and within ``request_timeout_s``. Queue outcomes become OpenAI-format
 errors here: 429 for a full queue, 503 for no worker, a queue time-out or a drain.
 
-Two time bounds, because the two kinds of answer show progress differently:
-
-* a stream must deliver its first event within ``first_byte_timeout_s``;
-* vLLM sends a non-streaming answer only once it is complete, so no first-byte bound
-  can tell a long answer from a hung worker: the answer may take whatever remains of
-  ``request_timeout_s``. A hung worker is found by the stall probe instead
-  (``server.backends``), which fails the attempt so it is retried elsewhere.
+Time bounds: an answer may take whatever remains of ``request_timeout_s``. A worker
+that does not answer is not found by a first-byte bound: vLLM sends a non-streaming
+answer only once it is complete, and a stream's first event only once the request
+leaves the engine's waiting queue, where a busy engine may rightly keep it for minutes.
+A hung worker is found by the stall probe instead (``server.backends``: after
+``first_byte_timeout_s`` without any answer from the worker, it must generate one
+token), which fails the open attempts so they are retried elsewhere.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -149,27 +149,26 @@ class Attempts:
     ) -> UpstreamReply | OpenStream:
         url = worker_url + path
         if not stream:
-            return await self._complete(worker_url, url, body, remaining, on_sent, headers)
+            return await self._abortable(worker_url, post_complete(
+                self.session, url, body, remaining, self.cfg.connect_timeout_s, on_sent,
+                headers))
         inspector = SSEInspector(self.clock, strip_usage)
-        return await open_stream(
+        return await self._abortable(worker_url, open_stream(
             self.client, url, body, connect_timeout_s=self.cfg.connect_timeout_s,
-            first_event_timeout_s=min(self.cfg.first_byte_timeout_s, remaining),
-            inspector=inspector, on_sent=on_sent, headers=headers,
-        )
+            first_event_timeout_s=remaining, inspector=inspector, on_sent=on_sent,
+            headers=headers))
 
-    async def _complete(self, worker_url: str, url: str, body: dict[str, Any],
-                        remaining: float, on_sent: Callable[[], None] | None,
-                        headers: dict[str, str]) -> UpstreamReply:
-        """A non-streaming attempt: the whole remaining request time, unless the stall
-        probe finds the worker hung and aborts it (a time-out of this block, at once)."""
+    async def _abortable(self, worker_url: str, answer: Awaitable[Any]) -> Any:
+        """Wait for a non-streaming answer or a stream's first event for the whole remaining
+        request time, unless the stall probe finds the worker hung and aborts the wait (a
+        time-out of this block, at once)."""
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(None) as scope:
                 attempt = self.pool.open_attempt(worker_url,
                                                  lambda: scope.reschedule(loop.time()))
                 try:
-                    return await post_complete(self.session, url, body, remaining,
-                                               self.cfg.connect_timeout_s, on_sent, headers)
+                    return await answer
                 finally:
                     self.pool.close_attempt(attempt)
         except TimeoutError:

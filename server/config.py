@@ -133,11 +133,12 @@ class GatewayConfig(BaseSettings):
     connect_timeout_s: float = Field(3.0, gt=0)
     """Time allowed to open a connection to a worker."""
     first_byte_timeout_s: float = Field(120.0, gt=0)
-    """Time a worker may take to start a stream (headers and first event) before the
-    attempt fails and is retried elsewhere. It does not bound a non-streaming answer,
-    which vLLM sends only once complete (see ``request_timeout_s``); instead, a worker
-    on which an answer has been awaited this long, with no answer from it meanwhile, is
-    asked for one token within this time, and is taken out as hung if it cannot."""
+    """The stall bound: a worker on which an answer (a non-streaming reply, or a stream's
+    first event) has been awaited this long, with no answer from it meanwhile, is asked
+    for one token within this time, and is taken out as hung if it cannot; its open
+    attempts are then retried elsewhere. It does not bound an answer itself: vLLM sends a
+    non-streaming reply only once complete, and a stream's first event only once the
+    request leaves its waiting queue (see ``request_timeout_s``)."""
     stream_idle_timeout_s: float = Field(60.0, gt=0)
     """Longest silence allowed between two events of a started stream; the client then
     gets an error event."""
