@@ -92,26 +92,31 @@ def learn_engine_view(previous: EngineView, stats: EngineStats,
                       configured_max_running: int | None = None) -> EngineView:
     """What the gateway now knows of an engine's capacity after one scrape.
 
-    vLLM does not export ``max_num_seqs``; it shows in the running count whenever
-    requests wait while the KV cache has room. A larger count raises the estimate at once;
-    a smaller one must show in two reports in a row (a single step where the token
-    budget held a prompt back shows fewer running too). A configured value wins."""
+    vLLM does not export ``max_num_seqs``. Whenever requests wait while the KV cache has
+    room, the running count is the limit: the first such report sets the estimate, and a
+    smaller count is believed once it shows in two reports in a row (a single step where
+    the token budget held a prompt back shows fewer running too). The running count never
+    exceeds the limit, so a larger count raises the estimate at once. A configured value
+    wins."""
     capacity = stats.kv_capacity_tokens or previous.kv_capacity_tokens
     if configured_max_running is not None:
         return EngineView(configured_max_running, capacity)
     max_running, fewer = previous.max_running, None
-    seq_bound = (stats.num_waiting is not None and stats.num_waiting >= 1
-                 and stats.num_running is not None and stats.num_running >= 1
+    running = int(stats.num_running or 0)
+    seq_bound = (stats.num_waiting is not None and stats.num_waiting >= 1 and running >= 1
                  and (stats.kv_cache_usage is None or stats.kv_cache_usage < KV_BOUND_USAGE))
-    if seq_bound:
-        running = int(stats.num_running)
-        if max_running is None or running > max_running:
+    if seq_bound and max_running is None:
+        max_running = running
+    elif max_running is not None and running > max_running:
+        # The engine never runs more than its limit, so a larger count raises the estimate
+        # (the requests admitted beyond it let a grown engine show it). Before anything
+        # is known, a count at low load says nothing, and the engine stays unlimited.
+        max_running = running
+    elif seq_bound and max_running is not None and running < max_running:
+        if previous.fewer_running_seen == running:
             max_running = running
-        elif running < max_running:
-            if previous.fewer_running_seen == running:
-                max_running = running
-            else:
-                fewer = running
+        else:
+            fewer = running
     return EngineView(max_running, capacity, fewer)
 
 

@@ -73,6 +73,17 @@ class GatewayMetrics:
             "lengthwise_worker_in_flight_predicted_tokens",
             "Predicted completion tokens in flight per worker.", ["worker"], registry=registry,
         )
+        self.engine_slots = Gauge(
+            "lengthwise_worker_engine_slots",
+            "Sequences the worker's engine runs at once, as admission knows it (configured, "
+            "or learned from vLLM's running count); absent while unknown.",
+            ["worker"], registry=registry,
+        )
+        self.engine_kv_capacity = Gauge(
+            "lengthwise_worker_engine_kv_capacity_tokens",
+            "The worker's KV cache in tokens, from vLLM's vllm:cache_config_info; absent "
+            "while unknown.", ["worker"], registry=registry,
+        )
         self.worker_healthy = Gauge(
             "lengthwise_worker_healthy", "1 when the worker is in rotation.", ["worker"],
             registry=registry,
@@ -134,15 +145,18 @@ class GatewayMetrics:
         current = set(pool.workers)
         for gone in self._known_workers - current:
             for gauge in (self.in_flight, self.in_flight_predicted, self.worker_healthy,
-                          self.kv_cache_usage):
-                try:
-                    gauge.remove(gone)
-                except KeyError:
-                    pass
+                          self.kv_cache_usage, self.engine_slots, self.engine_kv_capacity):
+                _remove(gauge, gone)
         for url, w in pool.workers.items():
             self.in_flight.labels(url).set(w.in_flight_sequences)
             self.in_flight_predicted.labels(url).set(w.in_flight_predicted_tokens)
             self.worker_healthy.labels(url).set(1 if w.in_rotation else 0)
+            for gauge, value in ((self.engine_slots, w.engine.max_running),
+                                 (self.engine_kv_capacity, w.engine.kv_capacity_tokens)):
+                if value is None:
+                    _remove(gauge, url)
+                else:
+                    gauge.labels(url).set(value)
         self._known_workers = current
 
     def observe_p90_coverage(self, model: str, actual_tokens: int, predicted_p90: float) -> None:
@@ -152,3 +166,10 @@ class GatewayMetrics:
         if before:
             before()
         return generate_latest(self.registry)
+
+
+def _remove(gauge: Gauge, worker: str) -> None:
+    try:
+        gauge.remove(worker)
+    except KeyError:
+        pass

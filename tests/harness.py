@@ -152,17 +152,10 @@ class GatewayProcess:
         return httpx.get(f"{self.url}/health", timeout=5).json()
 
     def metrics(self, headers: dict[str, str] | None = None) -> dict[tuple[str, tuple], float]:
-        """Every sample of ``/metrics`` as ``{(name, sorted labels): value}``."""
-        text = httpx.get(f"{self.url}/metrics", timeout=5, headers=headers).text
-        samples = {}
-        for family in text_string_to_metric_families(text):
-            for s in family.samples:
-                samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
-        return samples
+        return read_metrics(self.url, headers)
 
     def metric(self, name: str, **labels: str) -> float:
-        want = tuple(sorted(labels.items()))
-        return self.metrics().get((name, want), 0.0)
+        return read_metric(self.url, name, **labels)
 
     def rss_bytes(self) -> int:
         assert self.proc is not None
@@ -196,6 +189,22 @@ class GatewayProcess:
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def read_metrics(url: str, headers: dict[str, str] | None = None
+                 ) -> dict[tuple[str, tuple], float]:
+    """Every sample of a gateway's ``/metrics`` as ``{(name, sorted labels): value}``."""
+    text = httpx.get(f"{url}/metrics", timeout=5, headers=headers).text
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return samples
+
+
+def read_metric(url: str, name: str, **labels: str) -> float:
+    """One sample of a gateway's ``/metrics`` (0 when absent)."""
+    return read_metrics(url).get((name, tuple(sorted(labels.items()))), 0.0)
+
+
 class InProcessGateway:
     """The gateway app served by uvicorn on a real port, in a background thread."""
 
@@ -218,6 +227,9 @@ class InProcessGateway:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(30)
+
+    def metric(self, name: str, **labels: str) -> float:
+        return read_metric(self.url, name, **labels)
 
     @property
     def gateway(self) -> Gateway:
