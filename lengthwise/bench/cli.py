@@ -8,7 +8,6 @@ it, commands that need one start a local vLLM CPU worker for the run and stop it
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -88,17 +87,15 @@ def peer(
     gateway_setting: list[str] = typer.Option(
         [], "--gateway-setting", help="A gateway setting NAME=VALUE (JSON value) on top "
         "of the defaults, e.g. kv_budget=0.8; repeat for several."),
+    worker_kv_blocks: int | None = typer.Option(
+        None, help="Memory-bound scenario: start a local worker with this many KV blocks "
+        "(128 tokens each on CPU) and put `lengthwise serve --worker URL` in front of it "
+        "(its slots then learned, as for any remote worker)."),
     output: Output = Path("reports/peer.json"),
 ) -> None:
     """The gateway vs its own worker directly, driven by `vllm bench serve`: burst and
     Poisson, A B / B A rounds, greedy decoding; writes a JSON report and a plot."""
-    import tempfile
-
-    from lengthwise.bench.gateway_process import GatewayProcess
-    from lengthwise.bench.peer import PeerScenario, PeerSettings, held_out_prompts, run_peer
-    from lengthwise.bench.peer import write as write_report
-    from lengthwise.worker.process import free_port, served_model
-    from predictor.artifact import default_artifact_dir
+    from lengthwise.bench.peer import PeerScenario, PeerSettings, measure
 
     chosen = {"burst": PeerScenario("burst", float("inf"), requests),
               "poisson": PeerScenario("poisson", rate, requests)}
@@ -106,38 +103,16 @@ def peer(
     unknown = set(names) - set(chosen)
     if unknown:
         raise typer.BadParameter(f"unknown scenarios {sorted(unknown)}; use burst, poisson")
-    settings = PeerSettings(tuple(chosen[n] for n in names), rounds, seed)
-    trained = default_artifact_dir() / "train_prompt_ids.txt"
-    items = held_out_prompts(requests, seed, set(trained.read_text().split())
-                             if trained.exists() else None)
-    if tokenizer is None:
-        from lengthwise.worker.local_model import prepare_local_model
-
-        tokenizer = str(prepare_local_model().path)
+    if worker_kv_blocks is not None and worker:
+        raise typer.BadParameter("--worker-kv-blocks starts its own worker; drop --worker")
     overrides = {}
     for item in gateway_setting:
         name, _, value = item.partition("=")
         overrides[name.strip()] = json.loads(value)
-    with tempfile.TemporaryDirectory(prefix="lengthwise-peer-") as tmp:
-        workdir = Path(tmp)
-        worker_port = None if worker else free_port()
-        gateway_settings = {"request_log_path": str(workdir / "requests.jsonl"), **overrides}
-        typer.echo("starting the gateway" + ("" if worker else " and its local worker"))
-        with GatewayProcess(worker, free_port(), gateway_settings, workdir,
-                            worker_port=worker_port, startup_timeout_s=600) as gw:
-            worker_url = worker.rstrip("/") if worker else f"http://127.0.0.1:{worker_port}"
-            name = model or served_model(worker_url)
-            report = run_peer(gw.url, worker_url, name, tokenizer, items, settings, workdir,
-                              log=typer.echo)
-        report["environment"] = {
-            "gateway": "lengthwise serve" + (f" --worker {worker}" if worker else ""),
-            "gateway_settings_over_defaults": overrides, "worker": worker_url, "model": name,
-            "measured_at_unix": time.time()}
-        output.parent.mkdir(parents=True, exist_ok=True)
-        (output.with_suffix(".requests.jsonl")).write_bytes(
-            (workdir / "requests.jsonl").read_bytes()
-            if (workdir / "requests.jsonl").exists() else b"")
-    write_report(report, output)
+    settings = PeerSettings(tuple(chosen[n] for n in names), rounds, seed)
+    report = measure(settings, output, worker=worker, model=model, tokenizer=tokenizer,
+                     gateway_overrides=overrides, worker_kv_blocks=worker_kv_blocks,
+                     log=typer.echo)
     typer.echo(json.dumps({k: v["targets"] for k, v in report["scenarios"].items()},
                           indent=2))
     typer.echo(f"wrote {output}")

@@ -194,6 +194,7 @@ def figures(runs: Sequence[ArmRun]) -> dict[str, float]:
     return {
         "requests_ok": len(lat), "requests_failed": sum(r.failed for r in runs),
         "output_tokens": tokens, "duration_s": duration,
+        "preemptions": sum(r.extra.get("preemptions", 0.0) for r in runs),
         "output_throughput": tokens / duration if duration else float("nan"),
         "e2e_mean": statistics.fmean(lat) if lat else float("nan"),
         "e2e_p50": _pct(lat, 0.5), "e2e_p90": _pct(lat, 0.9), "e2e_p99": _pct(lat, 0.99),
@@ -240,6 +241,15 @@ def scenario_report(name: str, runs: Sequence[ArmRun]) -> dict[str, Any]:
 # --- the run --------------------------------------------------------------------------
 
 
+def preemptions(worker_url: str) -> float:
+    """The worker's cumulative preemption count (vLLM's ``vllm:num_preemptions_total``)."""
+    from server.engine_stats import parse_samples
+
+    text = httpx.get(f"{worker_url}/metrics", timeout=10).text
+    return parse_samples(text, {"vllm:num_preemptions_total"}).get(
+        "vllm:num_preemptions_total", 0.0)
+
+
 def wait_idle(worker_url: str, timeout_s: float = 600.0) -> None:
     """Until the worker reports nothing running or waiting (the previous arm's tail)."""
     from server.engine_stats import EngineStats
@@ -275,16 +285,19 @@ def run_peer(gateway_url: str, worker_url: str, model: str, tokenizer: str,
             order = ("gateway", "direct") if k % 2 == 0 else ("direct", "gateway")
             for arm in order:
                 wait_idle(worker_url)
+                before = preemptions(worker_url)
                 result = vllm_bench_serve(targets[arm], dataset, model, tokenizer, scenario,
                                           settings.seed,
                                           workdir / f"{scenario.name}-{k}-{arm}.log")
                 run = arm_run(arm, k, result)
+                run.extra["preemptions"] = preemptions(worker_url) - before
                 runs.append(run)
                 f = figures([run])
                 log(f"{scenario.name} round {k} {arm}: {f['requests_ok']} ok, "
                     f"{f['requests_failed']} failed, {f['output_throughput']:.1f} tok/s, "
                     f"e2e mean {f['e2e_mean']:.2f} s p99 {f['e2e_p99']:.2f} s, "
-                    f"ttft mean {1000 * f['ttft_mean']:.0f} ms")
+                    f"ttft mean {1000 * f['ttft_mean']:.0f} ms, "
+                    f"{f['preemptions']:.0f} preemptions")
         scenarios[scenario.name] = scenario_report(scenario.name, runs)
         scenarios[scenario.name]["settings"] = asdict(scenario)
         scenarios[scenario.name]["runs"] = [asdict(r) for r in runs]
@@ -294,6 +307,58 @@ def run_peer(gateway_url: str, worker_url: str, model: str, tokenizer: str,
             f"{ratios['ttft_mean_minus_direct_ms']:+.0f} ms")
     return {"settings": {**asdict(settings), "prompts": len(items)},
             "scenarios": scenarios}
+
+
+def measure(settings: PeerSettings, output: Path, *, worker: str | None = None,
+            model: str | None = None, tokenizer: str | None = None,
+            gateway_overrides: dict[str, Any] | None = None,
+            worker_kv_blocks: int | None = None,
+            log: Callable[[str], None] = print) -> dict[str, Any]:
+    """The whole benchmark: the gateway (``lengthwise serve``, defaults plus
+    ``gateway_overrides``) in front of ``worker``, of its own local worker, or (with
+    ``worker_kv_blocks``) of a local worker with that few KV blocks; writes ``output``
+    (JSON, plot, the gateway's request log) and returns the report."""
+    import contextlib
+    import tempfile
+
+    from lengthwise.bench.gateway_process import GatewayProcess
+    from lengthwise.worker.process import free_port, served_model, worker_for
+    from predictor.artifact import default_artifact_dir
+
+    trained = default_artifact_dir() / "train_prompt_ids.txt"
+    items = held_out_prompts(max(s.num_prompts for s in settings.scenarios), settings.seed,
+                             set(trained.read_text().split()) if trained.exists() else None)
+    if tokenizer is None:
+        from lengthwise.worker.local_model import prepare_local_model
+
+        tokenizer = str(prepare_local_model().path)
+    overrides = dict(gateway_overrides or {})
+    with contextlib.ExitStack() as stack:
+        if worker_kv_blocks is not None:
+            worker, _ = stack.enter_context(worker_for(
+                None, None, say=log,
+                extra_args=("--num-gpu-blocks-override", str(worker_kv_blocks))))
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(
+            prefix="lengthwise-peer-")))
+        worker_port = None if worker else free_port()
+        settings_file = {"request_log_path": str(workdir / "requests.jsonl"), **overrides}
+        log("starting the gateway" + ("" if worker else " and its local worker"))
+        with GatewayProcess(worker, free_port(), settings_file, workdir,
+                            worker_port=worker_port, startup_timeout_s=600) as gw:
+            worker_url = worker.rstrip("/") if worker else f"http://127.0.0.1:{worker_port}"
+            name = model or served_model(worker_url)
+            report = run_peer(gw.url, worker_url, name, tokenizer, items, settings, workdir,
+                              log=log)
+        report["environment"] = {
+            "gateway": "lengthwise serve" + (f" --worker {worker}" if worker else ""),
+            "worker_kv_blocks": worker_kv_blocks, "gateway_settings_over_defaults": overrides,
+            "worker": worker_url, "model": name, "measured_at_unix": time.time()}
+        output.parent.mkdir(parents=True, exist_ok=True)
+        log_file = workdir / "requests.jsonl"
+        output.with_suffix(".requests.jsonl").write_bytes(
+            log_file.read_bytes() if log_file.exists() else b"")
+    write(report, output)
+    return report
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
