@@ -4,8 +4,8 @@ One run on a real vLLM worker with the EDT processor loaded. Every setting
 decodes the same prompts (Dolly summarization, closed_qa and
 information_extraction, which have reference answers) with k samples each
 (``n=k`` in one request, same seed per prompt across settings), then scores
-them with ``lengthwise.bench.edt_metrics``. Writes ``reports/edt_eval.json`` and a
-quality-diversity plot ``reports/edt_eval.png``.
+them with ``lengthwise.bench.edt_metrics``. Writes ``reports/edt_quality.json`` and a
+quality-diversity plot ``reports/edt_quality.png`` beside it.
 """
 
 from __future__ import annotations
