@@ -141,16 +141,17 @@ def evaluate(predictor, frame: pd.DataFrame, baselines: Baselines,
     report.update(breakdowns(mean, p90, frame, single))
     if caps:
         report["capped_mean"] = capped_mean_check(predictor, frame, caps)
-    lat, cpu = latency_ms(predictor, frame, latency_requests)
-    report.update({
-        "predict_latency_p50_ms": float(np.percentile(lat, 50)),
-        "predict_latency_p99_ms": float(np.percentile(lat, 99)),
-        "predict_latency_mean_ms": float(lat.mean()),
-        "predict_cpu_p50_ms": float(np.percentile(cpu, 50)),
-        "predict_cpu_p99_ms": float(np.percentile(cpu, 99)),
-        "latency_requests": len(lat),
-        "load_average_1m": os.getloadavg()[0],
-    })
+    if latency_requests > 0:
+        lat, cpu = latency_ms(predictor, frame, latency_requests)
+        report.update({
+            "predict_latency_p50_ms": float(np.percentile(lat, 50)),
+            "predict_latency_p99_ms": float(np.percentile(lat, 99)),
+            "predict_latency_mean_ms": float(lat.mean()),
+            "predict_cpu_p50_ms": float(np.percentile(cpu, 50)),
+            "predict_cpu_p99_ms": float(np.percentile(cpu, 99)),
+            "latency_requests": len(lat),
+            "load_average_1m": os.getloadavg()[0],
+        })
     for name, pred in (("per_model_mean", baselines.predict_per_model_mean(frame)),
                        ("input_length", baselines.predict_input_length(frame))):
         figures = rank_and_error(pred, frame, single)
