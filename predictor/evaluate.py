@@ -87,11 +87,13 @@ def breakdowns(mean: np.ndarray, p90: np.ndarray, frame: pd.DataFrame,
     return out
 
 
-def capped_mean_check(predictor, frame: pd.DataFrame, caps=CAP_CHECKS) -> dict:
+def capped_mean_check(predictor, frame: pd.DataFrame, caps=CAP_CHECKS,
+                      uncapped_mean: np.ndarray | None = None) -> dict:
     """The served mean with ``max_tokens`` set, against each row's capped truth.
 
     The truth of a capped request is mean(min(sample, cap)) over the row's sampled
-    completions; an unbiased capped mean matches it, per corpus too.
+    completions; an unbiased capped mean matches it, per corpus too. With
+    ``uncapped_mean``, the ratio of the plain clip min(mean, cap) is given beside it.
     """
     samples = sample_matrix(frame)
     prompts, models = frame["prompt_text"].tolist(), frame["model"].tolist()
@@ -103,6 +105,9 @@ def capped_mean_check(predictor, frame: pd.DataFrame, caps=CAP_CHECKS) -> dict:
         entry = {"kendall_tau_mean": kendall_tau(mean, truth),
                  "mae_tokens": float(np.mean(np.abs(mean - truth))),
                  "mean_predicted_over_true": float(mean.sum() / truth.sum())}
+        if uncapped_mean is not None:
+            clipped = np.minimum(uncapped_mean, cap)
+            entry["clipped_mean_over_true"] = float(clipped.sum() / truth.sum())
         if "dataset" in frame.columns:
             labels = frame["dataset"].to_numpy()
             entry["by_dataset"] = {
@@ -140,7 +145,7 @@ def evaluate(predictor, frame: pd.DataFrame, baselines: Baselines,
     report["batch_seconds"] = time.perf_counter() - started
     report.update(breakdowns(mean, p90, frame, single))
     if caps:
-        report["capped_mean"] = capped_mean_check(predictor, frame, caps)
+        report["capped_mean"] = capped_mean_check(predictor, frame, caps, mean)
     if latency_requests > 0:
         lat, cpu = latency_ms(predictor, frame, latency_requests)
         report.update({

@@ -152,6 +152,36 @@ def arm_figures(mean: np.ndarray, frame: pd.DataFrame) -> dict:
     return {"pooled": pooled, "balanced": balanced_figures, "by_dataset": corpora}
 
 
+def ceilings(frame: pd.DataFrame) -> dict:
+    """How far any predictor of these figures can go, measured on the truth itself.
+
+    * ``truth_as_prediction``: the row's true mean predicting it (tau_mean 1) and one
+      sampled completion (tau_single below 1: the sampling noise no predictor removes);
+    * ``other_models_prompt_mean``: the mean of the same prompt's answers by the other
+      models, times the model's length ratio; a predictor that understood the prompt as
+      well as 12 models' actual answers do. A text-only predictor stays below it.
+    """
+    truth = frame["output_mean"].to_numpy(float)
+    log_truth = np.log1p(truth)
+    model_level = pd.Series(log_truth).groupby(frame["model"].to_numpy()).transform("mean")
+    relative = log_truth - model_level.to_numpy()
+    prompt = frame["prompt_id"].to_numpy()
+    sums = pd.Series(relative).groupby(prompt).transform("sum").to_numpy()
+    counts = pd.Series(relative).groupby(prompt).transform("count").to_numpy()
+    others = np.where(counts > 1, (sums - relative) / np.maximum(counts - 1, 1), 0.0)
+    leave_one_out = np.expm1(model_level.to_numpy() + others)
+    out = {}
+    for name, pred in (("truth_as_prediction", truth),
+                       ("other_models_prompt_mean", leave_one_out)):
+        figures_ = arm_figures(pred, frame)
+        out[name] = {"balanced_tau_mean": figures_["balanced"]["kendall_tau_mean"],
+                     "balanced_tau_single": figures_["balanced"]["kendall_tau_single"],
+                     "balanced_mae": figures_["balanced"]["mae_tokens"],
+                     "sharegpt_tau": figures_["by_dataset"].get("ShareGPT", {}).get(
+                         "kendall_tau_mean")}
+    return out
+
+
 def run_ablation(source: Path | str | None = None, include_minilm: bool = True,
                  latency_requests: int = 300, write_to: Path | None = None,
                  arms: list[Arm] | None = None) -> dict:
@@ -159,6 +189,7 @@ def run_ablation(source: Path | str | None = None, include_minilm: bool = True,
     splits = study_splits(load_castillo(source))
     development = splits.development
     embedder = EmbeddingCache() if include_minilm else None
+    ceiling_figures = ceilings(development)
     results = []
     report: dict = {}
     for arm in arms or default_arms(include_minilm):
@@ -177,6 +208,7 @@ def run_ablation(source: Path | str | None = None, include_minilm: bool = True,
                                    "cpu_p99": float(np.percentile(cpu, 99))}
         results.append(entry)
         report = _report(results, splits)
+        report["ceilings"] = ceiling_figures
         if write_to is not None:
             write_json_report(write_to, report)
     return report
