@@ -101,12 +101,9 @@ OUTPUT_KINDS: dict[str, tuple[str, ...]] = {
 
 _WORD = re.compile(r"[^\W\d_]+", re.UNICODE)
 ENGLISH_FUNCTION_WORDS = frozenset(
-    "the a an of to and in is are for on with that this it be as by or what how you i "
-    "me my your can from at which do does please".split())
+    ["the", "a", "an", "of", "to", "and", "in", "is", "are", "for", "on", "with", "that", "this", "it", "be", "as", "by", "or", "what", "how", "you", "i", "me", "my", "your", "can", "from", "at", "which", "do", "does", "please"])
 OTHER_FUNCTION_WORDS = frozenset(
-    "el la los las de que y en un una es por para con del al se le les des et est une "
-    "pour dans qui ne pas der die das und ist nicht ein eine zu mit den auf il di che "
-    "non per sono come não uma com os em".split())
+    ["el", "la", "los", "las", "de", "que", "y", "en", "un", "una", "es", "por", "para", "con", "del", "al", "se", "le", "les", "des", "et", "est", "une", "pour", "dans", "qui", "ne", "pas", "der", "die", "das", "und", "ist", "nicht", "ein", "eine", "zu", "mit", "den", "auf", "il", "di", "che", "non", "per", "sono", "come", "não", "uma", "com", "os", "em"])
 # (name, first code point, last code point) of scripts with many web users
 SCRIPTS = (("cjk", 0x3040, 0x9FFF), ("hangul", 0xAC00, 0xD7AF), ("cyrillic", 0x0400, 0x04FF),
            ("arabic_hebrew", 0x0590, 0x06FF))

@@ -73,7 +73,7 @@ def run_second_stage_study(source: Path | str | None = None, artifact: Path | No
         "what": "first stage vs second stage (MiniLM embedding + LightGBM) on the test split "
                 "(the artifact's held-out prompt group); cost of refine_batch by batch size, "
                 "one thread",
-        "artifact": str(artifact), "second_stage": str(second_stage_dir(artifact)),
+        "artifact": str(artifact), "second_stage_dir": str(second_stage_dir(artifact)),
         "first_stage": {k: first_figures.get(k) for k in QUALITY_KEYS},
         "second_stage": {k: second_figures.get(k) for k in QUALITY_KEYS},
         "first_stage_predict_cpu_p99_ms": first_figures["predict_cpu_p99_ms"],
