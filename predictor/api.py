@@ -20,9 +20,10 @@ from predictor.artifact import (
     is_current,
     read_meta,
 )
+from predictor.capped_mean import capped_expectation
 from predictor.errors import PredictorInputError
-from predictor.model import LengthModel
-from predictor.prompt_text import render_prompt
+from predictor.model import OUTPUT_CAP, LengthModel
+from predictor.prompt_text import feature_text
 from predictor.types import LengthPrediction, PromptOrMessages
 
 SAMPLING_KEYS = {"temperature", "top_p", "top_k", "min_p", "seed", "n", "presence_penalty",
@@ -118,7 +119,7 @@ class CastilloLengthPredictor:
             raise PredictorInputError("prompts, models, max_tokens and samplings differ in length")
         if n == 0:
             return [], np.zeros((0, len(self._model.featurizer.feature_names)), np.float32)
-        texts = [render_prompt(p) for p in prompts]
+        texts = [feature_text(p) for p in prompts]
         names = [check_model(m) for m in models]
         caps = [check_max_tokens(m) for m in max_tokens]
         for sampling in samplings:
@@ -128,8 +129,14 @@ class CastilloLengthPredictor:
         out = []
         for i, cap in enumerate(caps):
             limit = float(cap) if cap is not None else math.inf
+            mean = float(raw.mean[i])
+            if limit < OUTPUT_CAP:
+                # the expected length of a capped request, E[min(Y, cap)]; at or above
+                # CASTILLO's own cap the uncapped mean already is that figure
+                mean = max(1.0, capped_expectation(mean, float(raw.p50[i]), float(raw.p90[i]),
+                                                   limit))
             out.append(LengthPrediction(
-                mean=float(min(raw.mean[i], limit)),
+                mean=float(min(mean, limit)),
                 p50=float(min(raw.p50[i], limit)),
                 p90=float(min(raw.p90[i], limit)),
                 model_known=bool(raw.model_known[i]),

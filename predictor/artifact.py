@@ -37,7 +37,7 @@ if TYPE_CHECKING:  # training needs the [train] extra (pandas); serving an artif
     from predictor.train import TrainParams
 
 #: Bump when features, targets or training change, so cached artifacts are rebuilt.
-ARTIFACT_VERSION = "4"
+ARTIFACT_VERSION = "5"
 HOLDOUT_SALT = "lengthwise-eval-holdout"
 HOLDOUT_FRACTION = 0.2
 META_FILE = "meta.json"

@@ -128,3 +128,30 @@ def predict(
         raise typer.Exit(2) from exc
     _print_json({**asdict(prediction), "model": model, "max_tokens": max_tokens,
                  "artifact_version": predictor.version})
+
+
+@app.command("train-second-stage")
+def train_second_stage(
+    data: Annotated[Path | None, typer.Option(help="CASTILLO file or folder (default: shared copy, else the hub)")] = None,
+    artifact: Annotated[Path | None, typer.Option(help="first-stage artifact to train beside (default: the default artifact)")] = None,
+) -> None:
+    """Train the optional second stage (MiniLM embedding + LightGBM; the 'embeddings' extra)
+    into <artifact>/second_stage, on the rows and hold-out of the artifact beside it."""
+    from dataclasses import replace
+
+    from predictor.artifact import default_artifact_dir, read_meta, train_artifact
+    from predictor.features import FeatureConfig
+    from predictor.loader import load_castillo
+    from predictor.refine import second_stage_dir
+
+    first = artifact or default_artifact_dir()
+    meta = read_meta(first)
+    if meta is None:
+        raise typer.BadParameter(f"no trained artifact in {first}; run `lengthwise predictor ensure`")
+    config = replace(FeatureConfig.from_dict(meta["features"]), minilm=True)
+    directory = train_artifact(load_castillo(data), second_stage_dir(first),
+                               holdout=meta["data"]["holdout"]["enabled"],
+                               source=str(data or "default"), feature_config=config)
+    trained = read_meta(directory)
+    _print_json({"second_stage": str(directory), "training_seconds": trained["training_seconds"],
+                 "feature_set": trained["feature_set"], "metrics": trained["metrics"]})

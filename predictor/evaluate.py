@@ -13,9 +13,14 @@ import pandas as pd
 
 from lengthwise.common.rank import kendall_tau
 from predictor.baselines import Baselines
+from predictor.breakdown import Scored, balanced, by_group, figures
+from predictor.cleaning import degenerate_mask
 from predictor.train import sample_matrix
 
 LATENCY_REQUESTS = 500
+#: ``max_tokens`` values at which the served (capped) mean is checked against the
+#: capped truth, mean(min(sample, cap)): the gateway's benchmarks send 256 and 1024
+CAP_CHECKS = (256, 1024)
 
 
 _tau = kendall_tau
@@ -66,10 +71,58 @@ def latency_ms(predictor, frame: pd.DataFrame, requests: int = LATENCY_REQUESTS,
     return np.asarray(wall), np.asarray(cpu)
 
 
+def breakdowns(mean: np.ndarray, p90: np.ndarray, frame: pd.DataFrame,
+               single: np.ndarray) -> dict:
+    """Per-corpus and per-model figures, the corpus-balanced pooled figures, and the
+    pooled figures without the degenerate rows."""
+    scored = Scored(mean, p90, frame["output_mean"].to_numpy(float), single,
+                    sample_matrix(frame))
+    cap_hit, high_variance = degenerate_mask(frame)
+    clean = ~(cap_hit | high_variance)
+    out = {"without_degenerate": figures(scored.subset(clean)).to_dict(),
+           "by_model": by_group(scored, frame["model"])}
+    if "dataset" in frame.columns:
+        out["balanced"] = balanced(scored, frame["dataset"])
+        out["by_dataset"] = by_group(scored, frame["dataset"])
+    return out
+
+
+def capped_mean_check(predictor, frame: pd.DataFrame, caps=CAP_CHECKS,
+                      uncapped_mean: np.ndarray | None = None) -> dict:
+    """The served mean with ``max_tokens`` set, against each row's capped truth.
+
+    The truth of a capped request is mean(min(sample, cap)) over the row's sampled
+    completions; an unbiased capped mean matches it, per corpus too. With
+    ``uncapped_mean``, the ratio of the plain clip min(mean, cap) is given beside it.
+    """
+    samples = sample_matrix(frame)
+    prompts, models = frame["prompt_text"].tolist(), frame["model"].tolist()
+    out = {}
+    for cap in caps:
+        predictions = predictor.predict_batch(prompts, models, [cap] * len(frame))
+        mean = np.array([p.mean for p in predictions])
+        truth = np.minimum(samples, cap).mean(axis=1)
+        entry = {"kendall_tau_mean": kendall_tau(mean, truth),
+                 "mae_tokens": float(np.mean(np.abs(mean - truth))),
+                 "mean_predicted_over_true": float(mean.sum() / truth.sum())}
+        if uncapped_mean is not None:
+            clipped = np.minimum(uncapped_mean, cap)
+            entry["clipped_mean_over_true"] = float(clipped.sum() / truth.sum())
+        if "dataset" in frame.columns:
+            labels = frame["dataset"].to_numpy()
+            entry["by_dataset"] = {
+                str(c): float(mean[labels == c].sum() / truth[labels == c].sum())
+                for c in sorted(set(labels.tolist()))}
+        out[str(cap)] = entry
+    return out
+
+
 def evaluate(predictor, frame: pd.DataFrame, baselines: Baselines,
              training_prompt_ids: set[str] | None = None,
-             latency_requests: int = LATENCY_REQUESTS) -> dict:
-    """The issue's figures for ``predictor`` (a :class:`predictor.api.CastilloLengthPredictor`)."""
+             latency_requests: int = LATENCY_REQUESTS, caps=CAP_CHECKS) -> dict:
+    """The issue's figures for ``predictor`` (a :class:`predictor.api.CastilloLengthPredictor`).
+
+    ``caps``: ``max_tokens`` values for :func:`capped_mean_check` (empty: skipped)."""
     started = time.perf_counter()
     predictions = predictor.predict_batch(frame["prompt_text"].tolist(), frame["model"].tolist())
     mean = np.array([p.mean for p in predictions])
@@ -90,16 +143,20 @@ def evaluate(predictor, frame: pd.DataFrame, baselines: Baselines,
     report["p90_coverage"] = float(np.mean(samples <= p90[:, None]))
     report["p50_coverage"] = float(np.mean(samples <= p50[:, None]))
     report["batch_seconds"] = time.perf_counter() - started
-    lat, cpu = latency_ms(predictor, frame, latency_requests)
-    report.update({
-        "predict_latency_p50_ms": float(np.percentile(lat, 50)),
-        "predict_latency_p99_ms": float(np.percentile(lat, 99)),
-        "predict_latency_mean_ms": float(lat.mean()),
-        "predict_cpu_p50_ms": float(np.percentile(cpu, 50)),
-        "predict_cpu_p99_ms": float(np.percentile(cpu, 99)),
-        "latency_requests": len(lat),
-        "load_average_1m": os.getloadavg()[0],
-    })
+    report.update(breakdowns(mean, p90, frame, single))
+    if caps:
+        report["capped_mean"] = capped_mean_check(predictor, frame, caps, mean)
+    if latency_requests > 0:
+        lat, cpu = latency_ms(predictor, frame, latency_requests)
+        report.update({
+            "predict_latency_p50_ms": float(np.percentile(lat, 50)),
+            "predict_latency_p99_ms": float(np.percentile(lat, 99)),
+            "predict_latency_mean_ms": float(lat.mean()),
+            "predict_cpu_p50_ms": float(np.percentile(cpu, 50)),
+            "predict_cpu_p99_ms": float(np.percentile(cpu, 99)),
+            "latency_requests": len(lat),
+            "load_average_1m": os.getloadavg()[0],
+        })
     for name, pred in (("per_model_mean", baselines.predict_per_model_mean(frame)),
                        ("input_length", baselines.predict_input_length(frame))):
         figures = rank_and_error(pred, frame, single)

@@ -14,12 +14,16 @@ from pathlib import Path
 
 import numpy as np
 
+from predictor.chat_cues import chat_cues, cue_names
 from predictor.lexical import FEATURE_NAMES as LEXICAL_NAMES
 from predictor.lexical import lexical_features
 from predictor.ngram_encoder import NgramConfig, NgramEncoder
 from predictor.prompt_text import DEFAULT_MAX_CHARS, clip_text
 
 MINILM_PCA_DIMS = 16
+#: chat cue groups of the default artifact: the ones the ablation kept
+#: (reports/predictor_ablation.json); question_type and language bought no tau there
+DEFAULT_CHAT_CUES: tuple[str, ...] = ("length_request",)
 
 
 @dataclass(frozen=True)
@@ -29,10 +33,12 @@ class FeatureConfig:
     ngram_ridge: bool = True
     ngram: NgramConfig = field(default_factory=NgramConfig)
     minilm: bool = False
+    #: groups of :mod:`predictor.chat_cues`, in order
+    chat_cues: tuple[str, ...] = DEFAULT_CHAT_CUES
 
     @property
     def name(self) -> str:
-        parts = ["lexical"]
+        parts = ["lexical"] + [f"chat_{group}" for group in self.chat_cues]
         if self.ngrams:
             parts.append("ngram_svd" if self.ngram.char_ngrams else "word_ngram_svd")
             if self.ngram_ridge:
@@ -48,6 +54,8 @@ class FeatureConfig:
     def from_dict(cls, data: dict) -> FeatureConfig:
         data = dict(data)
         data["ngram"] = NgramConfig(**data.get("ngram", {}))
+        # artifacts written before chat cues existed (v4) read none
+        data["chat_cues"] = tuple(data.get("chat_cues", ()))
         return cls(**data)
 
 
@@ -75,20 +83,26 @@ class TextFeaturizer:
     """Fitted text features: lexical statistics, n-gram SVD + ridge scores, optional MiniLM."""
 
     def __init__(self, config: FeatureConfig, ngram: NgramEncoder | None = None,
-                 minilm_pca: np.ndarray | None = None, minilm_ridge: np.ndarray | None = None):
+                 minilm_pca: np.ndarray | None = None, minilm_ridge: np.ndarray | None = None,
+                 encoder=None):
+        """``encoder``: what embeds texts when ``config.minilm`` (anything with
+        ``encode(texts) -> array``; default the packaged MiniLM). A study passes one that
+        reuses embeddings it already computed."""
         self.config = config
         self.ngram = ngram
         self.minilm_pca = minilm_pca  # (384+1) x dims, last row the centring offset
         self.minilm_ridge = minilm_ridge  # (384+1) x 2, last row the intercept
         self._minilm = None
         if config.minilm:
-            from predictor.minilm_encoder import MiniLMEncoder
+            if encoder is None:
+                from predictor.minilm_encoder import MiniLMEncoder
 
-            self._minilm = MiniLMEncoder()
+                encoder = MiniLMEncoder()
+            self._minilm = encoder
 
     @property
     def feature_names(self) -> list[str]:
-        names = list(LEXICAL_NAMES)
+        names = list(LEXICAL_NAMES) + cue_names(self.config.chat_cues)
         if self.ngram is not None:
             ngram_names = self.ngram.feature_names
             names += ngram_names if self.config.ngram_ridge else ngram_names[: self.ngram.svd_dims]
@@ -103,7 +117,7 @@ class TextFeaturizer:
     def transform(self, texts: list[str]) -> np.ndarray:
         """Feature rows for full prompt texts (clipped here, so a 1 MB prompt costs as 4 kB)."""
         clipped = self.clip(texts)
-        blocks = [np.vstack([lexical_features(c, len(t)) for c, t in zip(clipped, texts)])]
+        blocks = [_cheap_block(clipped, texts, self.config)]
         if self.ngram is not None:
             block = self.ngram.transform(clipped)
             blocks.append(block if self.config.ngram_ridge else block[:, : self.ngram.svd_dims])
@@ -120,15 +134,17 @@ class TextFeaturizer:
 
     @classmethod
     def fit(cls, texts: list[str], targets: np.ndarray, config: FeatureConfig,
-            seed: int = 0) -> tuple[TextFeaturizer, np.ndarray]:
-        """Fits on unique prompt texts; returns the featurizer and out-of-fold features."""
+            seed: int = 0, embedder=None) -> tuple[TextFeaturizer, np.ndarray]:
+        """Fits on unique prompt texts; returns the featurizer and out-of-fold features.
+
+        ``embedder``: see ``__init__``'s ``encoder``."""
         clipped = [clip_text(t, config.max_chars) for t in texts]
-        blocks = [np.vstack([lexical_features(c, len(t)) for c, t in zip(clipped, texts)])]
-        encoder = None
+        blocks = [_cheap_block(clipped, texts, config)]
+        ngram = None
         if config.ngrams:
-            encoder, oof = NgramEncoder.fit(clipped, targets, 5, config.ngram, seed=seed)
-            blocks.append(oof if config.ngram_ridge else oof[:, : encoder.svd_dims])
-        featurizer = cls(config, encoder)
+            ngram, oof = NgramEncoder.fit(clipped, targets, 5, config.ngram, seed=seed)
+            blocks.append(oof if config.ngram_ridge else oof[:, : ngram.svd_dims])
+        featurizer = cls(config, ngram, encoder=embedder)
         if config.minilm:
             embeddings = featurizer._minilm.encode(clipped)
             pca, ridge, oof = _fit_minilm_heads(embeddings, targets, seed)
@@ -154,6 +170,12 @@ class TextFeaturizer:
             with np.load(directory / "minilm_heads.npz") as data:
                 pca, ridge = data["pca"], data["ridge"]
         return cls(config, ngram, pca, ridge)
+
+
+def _cheap_block(clipped: list[str], texts: list[str], config: FeatureConfig) -> np.ndarray:
+    """Lexical statistics and chat cues: one row per text."""
+    return np.vstack([np.concatenate([lexical_features(c, len(t)), chat_cues(c, config.chat_cues)])
+                      for c, t in zip(clipped, texts)])
 
 
 def _fit_minilm_heads(embeddings: np.ndarray, targets: np.ndarray, seed: int):

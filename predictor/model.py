@@ -9,8 +9,10 @@ Two sets of boosters (mean, p50, p90) are kept:
   name; a new model's lengths are unknown, and the cross-model answer is the
   least-biased guess a scheduler can rank by.
 
-Targets are log1p(tokens); p90 gets a conformal offset (log space) fitted on a
-held-out calibration part of the training prompts.
+The quantile heads' targets are log1p(tokens) of single completions; p90 gets a
+conformal offset (log space) fitted on a held-out calibration part of the training
+prompts. The mean head learns tokens (``mean_objective`` "l2_tokens", an expected
+length) or, in v4 artifacts, log1p(tokens) ("l2_log").
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import numpy as np
 from predictor.features import TextFeaturizer
 from predictor.model_names import model_aliases, resolve_model
 from predictor.single_row import SingleRowScorer
+from predictor.train_objectives import mean_from_score
 
 HEADS = ("mean", "p50", "p90")
 PATHS = ("known", "agnostic")
@@ -41,8 +44,9 @@ class RawPrediction:
 
 class LengthModel:
     def __init__(self, featurizer: TextFeaturizer, models: list[str], boosters: dict,
-                 p90_log_offset: dict[str, float]):
+                 p90_log_offset: dict[str, float], mean_objective: str = "l2_log"):
         self.featurizer = featurizer
+        self.mean_objective = mean_objective
         self.models = list(models)
         self.boosters = boosters  # {path: {head: lightgbm.Booster}}
         self.p90_log_offset = dict(p90_log_offset)
@@ -74,7 +78,8 @@ class LengthModel:
                     log_pred = self.boosters[path][head].predict(matrix, num_threads=1)
                 if head == "p90":
                     log_pred = log_pred + self.p90_log_offset[path]
-                out[head][rows] = np.expm1(log_pred)
+                out[head][rows] = (mean_from_score(log_pred, self.mean_objective)
+                                   if head == "mean" else np.expm1(log_pred))
         p50 = np.clip(out["p50"], 1.0, OUTPUT_CAP)
         mean = np.clip(out["mean"], 1.0, OUTPUT_CAP)
         p90 = np.clip(np.maximum(out["p90"], p50), 1.0, OUTPUT_CAP)
@@ -100,7 +105,8 @@ class LengthModel:
             for head in HEADS:
                 self.boosters[path][head].save_model(str(directory / f"{path}_{head}.lgb.txt"))
         (directory / "model.json").write_text(json.dumps(
-            {"models": self.models, "p90_log_offset": self.p90_log_offset}, indent=2))
+            {"models": self.models, "p90_log_offset": self.p90_log_offset,
+             "mean_objective": self.mean_objective}, indent=2))
 
     @classmethod
     def load(cls, directory: Path) -> LengthModel:
@@ -112,4 +118,6 @@ class LengthModel:
                    for head in HEADS}
             for path in PATHS
         }
-        return cls(TextFeaturizer.load(directory), info["models"], boosters, info["p90_log_offset"])
+        # v4 artifacts carry no mean_objective: their mean head learned log1p(tokens)
+        return cls(TextFeaturizer.load(directory), info["models"], boosters, info["p90_log_offset"],
+                   info.get("mean_objective", "l2_log"))

@@ -73,3 +73,27 @@ def clip_text(text: str, max_chars: int = DEFAULT_MAX_CHARS) -> str:
     except UnicodeEncodeError:
         text = text.encode("utf-8", errors="replace").decode("utf-8")
     return text
+
+
+def feature_text(prompt_or_messages) -> str:
+    """The text the length features read: what the answer responds to.
+
+    A plain string is used as is. For chat messages: the system prompt(s), which may
+    ask for a length or a register, then the last user turn, which the answer
+    answers. Earlier turns and assistant replies are left out: CASTILLO, the training
+    data, holds single user turns only, so a long history would read as a long prompt
+    (a different kind of request) rather than as context.
+    """
+    if isinstance(prompt_or_messages, (str, bytes, bytearray, Mapping)):
+        return render_prompt(prompt_or_messages)
+    render_prompt(prompt_or_messages)  # the same validation and errors as rendering
+    system, last_user = [], None
+    for message in prompt_or_messages:
+        role = str(message.get("role", "user"))
+        if role in ("system", "developer"):
+            system.append(_content_text(message.get("content")))
+        elif role == "user":
+            last_user = _content_text(message.get("content"))
+    if last_user is None:  # no user turn: keep everything rather than nothing
+        return render_prompt(prompt_or_messages)
+    return "\n\n".join([*system, last_user]) if system else last_user

@@ -11,6 +11,7 @@ import pandas as pd
 from predictor.features import FeatureConfig, TextFeaturizer, prompt_targets
 from predictor.loader import prompt_group_mask
 from predictor.model import HEADS, LengthModel
+from predictor.train_objectives import mean_from_score, mean_target
 
 CALIBRATION_SALT = "lengthwise-calibration"
 
@@ -25,6 +26,8 @@ class TrainParams:
     lambda_l2: float = 1.0
     max_bin: int = 63
     mean_rounds: int = 600
+    #: see predictor.train_objectives.MEAN_OBJECTIVES
+    mean_objective: str = "l2_tokens"
     quantile_rounds: int = 250
     #: sampled completions per row used for the quantile heads (of 10)
     samples_per_row: int = 2
@@ -73,10 +76,11 @@ def _fit_heads(matrix: np.ndarray, frame: pd.DataFrame, samples: np.ndarray, par
 
     boosters = {}
     if "mean" in heads:
-        log_mean = np.log1p(frame["output_mean"].to_numpy(float))
         boosters["mean"] = lightgbm.train(
             lightgbm_params(params, "regression"),
-            lightgbm.Dataset(matrix, log_mean, categorical_feature=categorical),
+            lightgbm.Dataset(matrix, mean_target(frame["output_mean"].to_numpy(float),
+                                                 params.mean_objective),
+                             categorical_feature=categorical),
             num_boost_round=params.mean_rounds)
     quantiles = [(h, a) for h, a in (("p50", 0.5), ("p90", 0.9)) if h in heads]
     if quantiles:
@@ -157,12 +161,13 @@ def train_length_model(frame: pd.DataFrame, feature_config: FeatureConfig | None
                          "p90_coverage": float(np.mean(
                              samples[held] <= np.expm1(log_p90 + offsets[path])[:, None]))}
         if "mean" in boosters:
-            mean = np.expm1(boosters["mean"].predict(matrix[held], num_threads=params.n_jobs))
+            mean = mean_from_score(boosters["mean"].predict(matrix[held], num_threads=params.n_jobs),
+                                   params.mean_objective)
             metrics[path].update(_rank_metrics(mean, held_frame))
 
     final = {path: _fit_heads(matrix, frame, samples, params, categorical)
              for path, (matrix, categorical) in matrices.items()}
-    model = LengthModel(featurizer, models, final, offsets)
+    model = LengthModel(featurizer, models, final, offsets, params.mean_objective)
     return TrainResult(model, time.perf_counter() - started, int(fit.sum()), int(held.sum()),
                        metrics)
 

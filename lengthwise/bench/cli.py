@@ -319,11 +319,31 @@ def ablation(
     data: Path | None = typer.Option(None, help="CASTILLO file or folder (default: shared)."),
     minilm: bool = typer.Option(True, help="Include the MiniLM feature set ('embeddings' extra)."),
     latency_requests: int = typer.Option(300),
-    output: Output = Path("reports/predictor_feature_ablation.json"),
+    output: Output = Path("reports/predictor_ablation.json"),
 ) -> None:
-    """What each text feature set buys (tau, MAE, latency) on the held-out prompts."""
+    """What each feature group and mean objective buys (tau, MAE, mean bias per corpus,
+    latency), out of fold on the validation folds; the test split is never read."""
     from lengthwise.bench.ablation import run_ablation
 
     report = run_ablation(data, include_minilm=minilm, latency_requests=latency_requests,
                           write_to=output)
     _echo_json(report["summary"])
+
+
+@app.command("second-stage")
+def second_stage(
+    data: Path | None = typer.Option(None, help="CASTILLO file or folder (default: shared)."),
+    artifact: Path | None = typer.Option(None, help="First-stage artifact with a trained "
+                                                    "second_stage/ (default: the default one)."),
+    latency_requests: int = typer.Option(300),
+    output: Output = Path("reports/predictor_second_stage.json"),
+) -> None:
+    """The optional second stage (MiniLM + LightGBM) vs the first on the test split, and its
+    cost per batch of queued requests (batches of 1, 8, 32)."""
+    from lengthwise.bench.second_stage import run_second_stage_study
+    from lengthwise.common.files import write_json_report
+
+    report = run_second_stage_study(data, artifact, latency_requests)
+    write_json_report(output, report)
+    _echo_json({"balanced": {k: report[k]["balanced"] for k in ("first_stage", "second_stage")},
+                "batch_cost": report["batch_cost"]})
