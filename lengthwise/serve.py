@@ -69,6 +69,10 @@ def serve(
     typer.echo("Loading the length predictor ...")
     try:
         predictor = default_predictor(cfg)
+        if cfg.second_stage:
+            from server.gateway import load_required_second_stage
+
+            load_required_second_stage(cfg)
     except PredictorNotAvailable as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

@@ -31,6 +31,7 @@ from server.dispatcher import Dispatcher, Lease
 from server.errors import GatewayError, bad_request
 from server.metrics import GatewayMetrics
 from server.proxy import OpenStream, UpstreamReply, wait_for_disconnect
+from server.refinement import QueueRefiner
 from server.request_log import RequestLog
 from server.schemas import ChatCompletionRequest, CompletionRequest
 from server.sizing import DeferredPrediction, RequestSizer
@@ -62,6 +63,8 @@ class CompletionService:
         self.clock = clock
         self.sizer = RequestSizer(predictor, cfg.point_estimate, cfg.predict_in_thread)
         self.attempts = Attempts(cfg, dispatcher, pool, client, session, metrics, clock)
+        #: the second stage for requests that wait (``server.refinement``), when on
+        self.refiner: QueueRefiner | None = None
         self.accounting = Accounting(dispatcher, pool, metrics, request_log, self.sizer,
                                      learner, cfg.stream_idle_timeout_s, clock)
 
@@ -95,6 +98,8 @@ class CompletionService:
             except PredictorInputError as exc:
                 raise bad_request(str(exc), code="invalid_value") from None
             self._set_prediction(ticket, prediction, point)
+            if self.refiner is not None:
+                self.refiner.submit(ticket, parsed)
         ticket.queue_entry_s = self.clock() - arrival
         # The idle lease is handed over through this list: ``Attempts.run`` takes it when
         # it starts; whatever is left (the task cancelled before it ran) is given back here.

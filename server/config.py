@@ -221,6 +221,14 @@ class GatewayConfig(BaseSettings):
     predict_in_thread: bool = True
     """Run the length predictor in a worker thread, so a slow prediction (text features,
     embeddings) never blocks the event loop that relays other requests' tokens."""
+    second_stage: bool = False
+    """Re-rank requests that wait in the queue with the predictor's second stage (a
+    sentence embedding fed to LightGBM; ``lengthwise predictor train-second-stage`` and
+    the ``embeddings`` extra). It costs about 50 ms of a core per request, which on a CPU
+    worker's own cores competes with decoding: off by default."""
+    second_stage_batch: int = Field(1, ge=1)
+    """Waiting requests the second stage embeds at once (one at a time is cheapest per
+    request on a CPU)."""
     predictor_dir: Path | None = None
     """Folder of a trained length predictor; ``None`` uses the predictor package's default
     location (training it first if needed)."""

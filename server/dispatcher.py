@@ -23,6 +23,7 @@ from server.policy import (
     PolicyName,
     PolicyQueue,
     QueuedRequest,
+    PRIORITY_EPOCH_UNIX,
     QueueFull,
     SortKey,
     engine_priority,
@@ -71,6 +72,7 @@ class Dispatcher:
         queue_capacity: int,
         queue_timeout_s: float,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.policy = policy
         self.pool = pool
@@ -80,7 +82,12 @@ class Dispatcher:
         self.clock = clock
         # Time-based keys (fcfs, sjf-aged) become vLLM priorities as milliseconds
         # since start; plain sjf's key is a token count and needs no offset.
-        self._priority_epoch = 0.0 if policy.name == PolicyName.SJF else clock()
+        # Time-based keys (fcfs, sjf-aged) become vLLM priorities as wall-clock milliseconds
+        # since PRIORITY_EPOCH_UNIX, so replicas started at different times (each with its
+        # own monotonic clock) rank their requests on one scale inside a shared worker;
+        # plain sjf's key is a token count and needs no offset.
+        self._priority_epoch = (0.0 if policy.name == PolicyName.SJF
+                                else clock() - (wall_clock() - PRIORITY_EPOCH_UNIX))
         self._waiters: dict[str, _Waiter] = {}
         self._in_flight = 0
         self._idle = asyncio.Event()

@@ -36,6 +36,7 @@ from server.online_learning import wrap_for_online_learning
 from server.policy import EngineView, make_policy
 from server.proxy import upstream_session
 from server.rate_limit import RateLimiter, make_rate_limiter
+from server.refinement import QueueRefiner
 from server.request_log import RequestLog
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ class Gateway:
     session: aiohttp.ClientSession
     request_log: RequestLog
     rate_limiter: RateLimiter
+    refiner: QueueRefiner | None = None
 
     async def start(self) -> None:
         """Reach the rate-limit store, discover and probe the workers, start the pollers."""
@@ -64,6 +66,8 @@ class Gateway:
         self.request_log.open()
         await self.monitor.start()
         self.stats_poller.start()
+        if self.refiner is not None:
+            self.refiner.start()
         if self.cfg.gc_freeze_after_start:
             # Everything built so far lives as long as the gateway: a full collection
             # should not re-scan it on every pass (see the setting's documentation).
@@ -77,6 +81,8 @@ class Gateway:
         if not await self.dispatcher.drain(self.cfg.shutdown_grace_s):
             log.warning("shutdown grace period over with %d requests in flight",
                         self.dispatcher.in_flight)
+        if self.refiner is not None:
+            await self.refiner.stop()
         await self.stats_poller.stop()
         await self.monitor.stop()
         await self.client.aclose()
@@ -144,5 +150,21 @@ def build_gateway(cfg: GatewayConfig, predictor: LengthPredictor,
     )
     service = CompletionService(cfg, dispatcher, pool, client, session, predictor, metrics,
                                 request_log, learner, clock)
+    refiner = None
+    if cfg.second_stage:
+        refiner = QueueRefiner(load_required_second_stage(cfg), dispatcher, service.sizer,
+                               cfg.second_stage_batch,
+                               on_refined=lambda _t: metrics.second_stage_refined.inc())
+        service.refiner = refiner
     return Gateway(cfg, pool, dispatcher, service, metrics, ApiKeyAuth(cfg.api_keys),
-                   monitor, stats_poller, client, session, request_log, limiter)
+                   monitor, stats_poller, client, session, request_log, limiter, refiner)
+
+
+def load_required_second_stage(cfg: GatewayConfig):
+    from predictor.api import PredictorNotAvailable
+    from predictor.refine import SecondStage, SecondStageUnavailable
+
+    try:
+        return SecondStage.load(cfg.predictor_dir)
+    except SecondStageUnavailable as exc:
+        raise PredictorNotAvailable(f"second_stage is on, but {exc}") from None

@@ -95,6 +95,10 @@ class GatewayMetrics:
             "probe) or ejected (outlier detection: failed requests in a row).",
             ["worker", "reason"], registry=registry,
         )
+        self.second_stage_refined = Counter(
+            "lengthwise_second_stage_refined",
+            "Waiting requests re-ranked by the predictor's second stage.", registry=registry,
+        )
         self.rate_limit_store_errors = Counter(
             "lengthwise_rate_limit_store_errors",
             "Rate-limit checks or charges that failed because the shared store (Redis) "

@@ -221,6 +221,9 @@ def aged_wait_bound_s(
 #: Room for one band's length keys inside vLLM's integer priority: 10^12 ms is 31 years
 #: of time-based keys (or 10^9 s of size keys at millisecond resolution).
 ENGINE_PRIORITY_BAND = 10**12
+#: The gateway's time-based keys reach vLLM as wall-clock milliseconds since this
+#: moment (2025-01-01T00:00:00Z), one scale for every replica.
+PRIORITY_EPOCH_UNIX = 1_735_689_600.0
 
 
 def engine_priority(key: SortKey, epoch: float) -> int:

@@ -14,7 +14,7 @@ import math
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
-from predictor.types import LengthPrediction, LengthPredictor
+from predictor.types import LengthPrediction, LengthPredictor, PromptOrMessages
 from server.policy import PointEstimate, QueuedRequest
 from server.schemas import ChatCompletionRequest, CompletionRequest
 
@@ -91,15 +91,19 @@ class RequestSizer:
         """The per-choice prediction, and the total predicted tokens the queue ranks by."""
         sampling = {k: getattr(parsed, k, None) for k in _SAMPLING_KEYS}
         sampling = {k: v for k, v in sampling.items() if v is not None}
-        cap = parsed.length_cap()
-        if isinstance(parsed, ChatCompletionRequest):
-            messages = [m.model_dump(exclude_none=True) for m in parsed.messages]
-            preds = [self.predictor.predict(messages, parsed.model, cap, sampling)]
-        else:
-            texts = parsed.prompt_texts()
-            preds = self.predictor.predict_batch(
-                texts, [parsed.model] * len(texts), [cap] * len(texts), [sampling] * len(texts)
-            )
+        prompts = prompts_of(parsed)
+        n = len(prompts)
+        preds = self.predictor.predict_batch(prompts, [parsed.model] * n,
+                                             [parsed.length_cap()] * n, [sampling] * n)
+        total, point = self.total(parsed, preds)
+        if math.isfinite(point):
+            self.typical_tokens += 0.05 * (max(1.0, point) - self.typical_tokens)
+        return total, point
+
+    def total(self, parsed: Parsed,
+              preds: list[LengthPrediction]) -> tuple[LengthPrediction, float]:
+        """One prediction per prompt of the request -> the request's prediction and the
+        point the queue ranks by (the configured estimate, times ``n``)."""
         # Sums over prompts (a completions request may hold several); the p50/p90 of a
         # sum is not the sum of p50/p90s, but these are logged, not ranked, except as
         # the chosen point estimate.
@@ -108,8 +112,12 @@ class RequestSizer:
             p90=sum(p.p90 for p in preds), model_known=all(p.model_known for p in preds),
         )
         # Not clamped here: a broken (non-finite) prediction is the policy's to rank
-        # (``server.policy.predicted_size``), and must not move the typical size.
-        point = total.point(self.point_estimate.value) * parsed.n
-        if math.isfinite(point):
-            self.typical_tokens += 0.05 * (max(1.0, point) - self.typical_tokens)
-        return total, point
+        # (``server.policy.predicted_size``).
+        return total, total.point(self.point_estimate.value) * parsed.n
+
+
+def prompts_of(parsed: Parsed) -> list[PromptOrMessages]:
+    """What the predictor reads of a request: its chat messages, or each prompt's text."""
+    if isinstance(parsed, ChatCompletionRequest):
+        return [[m.model_dump(exclude_none=True) for m in parsed.messages]]
+    return list(parsed.prompt_texts())

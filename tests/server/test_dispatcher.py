@@ -78,3 +78,26 @@ async def test_an_idle_slot_is_not_taken_past_a_queued_request():
     assert dispatcher.try_acquire_now(QueuedRequest("c", 2.0, 1.0)) is None
     dispatcher.release(first)
     await asyncio.wait_for(waiting, 1.0)
+
+
+async def test_replicas_started_at_different_times_give_one_priority_scale():
+    """Two gateways with unrelated monotonic clocks: a request arriving at the same wall
+    time gets the same vLLM priority from either, and a later one a larger one."""
+    from server.policy import AgedSJFPolicy
+
+    wall = {"now": 1_800_000_000.0}
+
+    def replica(monotonic_at_start: float):
+        pool = WorkerPool()
+        pool.workers[URL] = Worker(URL, healthy=True, models=frozenset({"m"}))
+        offset = monotonic_at_start - wall["now"]
+        return Dispatcher(AgedSJFPolicy(aging_s_per_token=0.01), pool, AdmissionLimits(),
+                          queue_capacity=8, queue_timeout_s=30.0,
+                          clock=lambda: wall["now"] + offset, wall_clock=lambda: wall["now"])
+
+    old, new = replica(50.0), replica(90_000.0)
+    wall["now"] += 5.0  # both have been up for a while; the clocks run on together
+    a = await old.acquire(QueuedRequest("a", old.clock(), 100.0))
+    b = await new.acquire(QueuedRequest("b", new.clock(), 100.0))
+    c = await new.acquire(QueuedRequest("c", new.clock() + 2.0, 100.0))
+    assert a.engine_priority == b.engine_priority < c.engine_priority
