@@ -18,12 +18,12 @@ from dataclasses import dataclass
 
 from server.backends import WorkerPool
 from server.policy import (
+    PRIORITY_EPOCH_UNIX,
     AdmissionLimits,
     OrderingPolicy,
     PolicyName,
     PolicyQueue,
     QueuedRequest,
-    PRIORITY_EPOCH_UNIX,
     QueueFull,
     SortKey,
     engine_priority,
