@@ -25,7 +25,8 @@ def serve(
     ),
     policy: str | None = typer.Option(None, help="fcfs, sjf or sjf-aged."),
     max_sequences_per_worker: int | None = typer.Option(
-        None, help="Admission limit: in-flight requests per worker."
+        None, help="A hand-set cap on in-flight requests per worker (default: none; "
+        "admission follows each worker's engine)."
     ),
     queue_capacity: int | None = typer.Option(None, help="Requests the queue holds."),
     api_key: list[str] | None = typer.Option(
@@ -55,7 +56,11 @@ def serve(
         "api_keys": api_key or None, "request_log_path": request_log,
         "predictor_dir": predictor_dir,
     }
-    cfg = load_config(config, overrides)
+    try:
+        cfg = load_config(config, overrides)
+    except (ValueError, OSError) as exc:  # pydantic's ValidationError is a ValueError
+        typer.echo(f"error: invalid settings: {exc}", err=True)
+        raise typer.Exit(2) from None
     if cfg.rate_limit_redis_url is not None and (
             cfg.rate_limit_requests_per_min or cfg.rate_limit_tokens_per_min):
         from server.rate_limit_redis import RateLimitStoreUnavailable, check_reachable

@@ -1,4 +1,4 @@
-"""``lengthwise predictor …`` subcommands: train, eval, predict, ablation."""
+"""``lengthwise predictor …`` subcommands: train, ensure, eval, predict, train-second-stage."""
 
 from __future__ import annotations
 

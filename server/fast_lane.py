@@ -3,8 +3,8 @@
 ``POST /v1/chat/completions`` and ``POST /v1/completions`` read and validate their own
 bodies (``server.api``), so FastAPI's routing, dependency solving and exception wrapping add
 nothing to them but time (side by side on pinned cores, the gateway's added latency fell
-from 2.49 to 2.16 ms against the stand-in worker; see the README's overhead section and
-``scripts/compare_gateway_versions.py``). This ASGI layer hands those two
+from 2.49 to 2.16 ms against the stand-in worker when this layer came in). This ASGI layer
+hands those two
 requests straight to the same handler, and maps its errors exactly as the app's exception
 handlers do. Every other path, and any other method on these two, goes through FastAPI
 unchanged; the routes stay declared there for the OpenAPI schema.

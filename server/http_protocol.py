@@ -18,9 +18,9 @@ body and the header deadline are added the same way.)
 One more change is about speed: uvicorn writes a response's status line and headers, then
 its body, as two sends. A client on the same host wakes up for the headers, parses them and
 sleeps again before the body follows. ``CorkedTransport`` sends what one step of the event
-loop writes as one send instead: in ``scripts/gateway_stage_timing.py`` the time from
+loop writes as one send instead: measured per stage when it came in, the time from
 headers to last byte fell from 0.70 to 0.05 ms, and side by side the added latency fell by
-0.13 ms (see the README's overhead section).
+0.13 ms.
 """
 
 from __future__ import annotations

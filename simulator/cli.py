@@ -327,7 +327,7 @@ def fidelity(
         help="Also replay the first log under fcfs, sjf-aged (logged predictions) and "
              "sjf-aged with the true lengths (oracle) at these gateway admission limits, "
              "e.g. '16,8,4': how much ordering can buy on this workload")] = None,
-    output: Annotated[Path, typer.Option()] = Path("reports/sim_fidelity_cpu.json"),
+    output: Annotated[Path, typer.Option()] = Path("reports/sim_fidelity_live.json"),
     strict: Annotated[bool, typer.Option(help="Exit 1 when an arm misses the tolerance")] = False,
 ) -> None:
     """Replay a live run's gateway logs through the simulator; compare E2E and TTFT."""

@@ -48,7 +48,8 @@ def live(
     arrivals: str = typer.Option("poisson", help="poisson or burst."),
     rate: float = typer.Option(2.0, help="Poisson arrival rate (requests/s)."),
     max_tokens: int = typer.Option(256, help="max_tokens of every request."),
-    max_sequences: int = typer.Option(4, help="Gateway admission limit per worker."),
+    max_sequences: int | None = typer.Option(
+        None, help="A hand-set gateway cap per worker (default: the gateway's admission)."),
     sjf_policy: str = typer.Option("sjf-aged", help="Policy of the sjf arm: sjf or sjf-aged."),
     aging_s_per_token: float = typer.Option(PolicyConfig().aging_s_per_token,
                                             help="sjf-aged aging rate."),
@@ -142,7 +143,8 @@ def soak(
     load_fraction: float = typer.Option(0.8, help="Offered load as a fraction of capacity."),
     calibrate_s: float = typer.Option(60.0, help="Capacity calibration length."),
     max_tokens: int = typer.Option(64, help="max_tokens of every request."),
-    max_sequences: int = typer.Option(8, help="Gateway admission limit per worker."),
+    max_sequences: int | None = typer.Option(
+        None, help="A hand-set gateway cap per worker (default: the gateway's admission)."),
     output: Output = Path("reports/soak.json"),
 ) -> None:
     """The gateway at 80% of capacity for a long time: errors and the RSS slope."""
@@ -168,7 +170,7 @@ def online(
     max_tokens: int = typer.Option(256, help="live: max_tokens of every request."),
     seed: int = typer.Option(0),
     seeds: int = typer.Option(5, min=1, help="replay: streams seed, seed+1, ..."),
-    output: Output = Path("reports/online_learning.json"),
+    output: Output = Path("reports/online_learning_bench.json"),
 ) -> None:
     """Online learning from a cold start: rolling tau (and sjf latency, live)."""
     from lengthwise.bench.online_learning import live as live_run

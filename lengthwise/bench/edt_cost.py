@@ -9,6 +9,7 @@ other processes share, falls equally on both arms. Target: EDT/fixed >= 0.95.
 from __future__ import annotations
 
 import asyncio
+import os
 import platform
 import statistics
 import time
@@ -87,5 +88,6 @@ def run_cost_benchmark(base_url: str, model: str, cfg: CostConfig, progress=prin
             statistics.pstdev([r["tok_s"] for r in runs["edt"]]) / edt_tok_s, 4
         ),
         "runs": runs,
-        "machine": {"platform": platform.platform(), "note": "2 shared cores; other jobs ran"},
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                    "load_average_at_end": os.getloadavg()},
     }

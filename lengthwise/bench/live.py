@@ -44,7 +44,8 @@ class Workload:
     top_p: float = 0.95
     seed: int = 1234
     #: gateway admission limit (sequences in flight on the worker)
-    max_sequences_per_worker: int = 4
+    #: a hand-set gateway cap (``None``: the gateway's default admission)
+    max_sequences_per_worker: int | None = None
     #: the gateway's sjf arm uses this policy (sjf-aged with the default aging)
     sjf_policy: str = "sjf-aged"
     aging_s_per_token: float = PolicyConfig().aging_s_per_token

@@ -39,7 +39,10 @@ class SoakSettings:
     load_fraction: float = 0.8
     calibrate_s: float = 60.0
     max_tokens: int = 64
-    max_sequences_per_worker: int = 8
+    #: a hand-set gateway cap (``None``: the gateway's default admission)
+    max_sequences_per_worker: int | None = None
+    #: closed-loop clients that measure capacity (enough to keep the engine's batch full)
+    calibrate_clients: int = 96
     sample_interval_s: float = 5.0
     seed: int = 7
 
@@ -104,7 +107,7 @@ async def _calibrate(url: str, bodies: list[dict], s: SoakSettings) -> float:
 
     start = time.monotonic()
     async with httpx.AsyncClient(timeout=600) as client:
-        await asyncio.gather(*(loop(client) for _ in range(2 * s.max_sequences_per_worker)))
+        await asyncio.gather(*(loop(client) for _ in range(s.calibrate_clients)))
     return tally.ok / (time.monotonic() - start)
 
 
@@ -170,7 +173,7 @@ def run_soak(worker_url: str, model: str, s: SoakSettings, output: Path,
     work.mkdir(parents=True, exist_ok=True)
     bodies = _bodies(model, s, 4000)
     port = free_port()
-    settings = {"max_sequences_per_worker": s.max_sequences_per_worker,
+    settings = {"max_sequences_per_worker": s.max_sequences_per_worker,  # None: the default
                 "request_log_path": str(work / "requests.jsonl")}
     with GatewayProcess(worker_url, port, settings, work) as gw:
         url = gw.url + "/v1/chat/completions"
