@@ -15,9 +15,12 @@ def test_replay_learns_the_served_model_and_sjf_latency_follows(tmp_path):
     assert report["requests"] == 240 and report["cost_model"] == str(DEFAULT_COST_MODEL)
     assert report["learner"][0]["refits_accepted"] >= 1
     first, last = report["checkpoints"]["200"], report["checkpoints"]["240"]
-    cold_tau = report["cold_start_window"]["kendall_tau"] or 0.0
-    learned_tau = last["online"]["kendall_tau"]
-    assert learned_tau > 0.5 and learned_tau > cold_tau + 0.2
+    # Compared on the same window: the model-agnostic predictor already ranks this
+    # profile fairly well (tau ~0.65), so the learner must beat it in rank and, above all,
+    # learn the served model's scale, which the model-agnostic one cannot know.
+    learned, cold = last["online"], last["cold_model_agnostic"]
+    assert learned["kendall_tau"] > 0.5 and learned["kendall_tau"] > cold["kendall_tau"] + 0.1
+    assert learned["mae_tokens"] < 0.5 * cold["mae_tokens"]
     assert abs(last["tau_gap_to_offline"]) < 0.15
     latency = last["simulated_burst_latency"]
     # the oracle bounds what ranking can buy; learned predictions get most of it
