@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
@@ -66,3 +68,12 @@ def test_every_setting_is_documented():
     for name, field in GatewayConfig.model_fields.items():
         assert field.description, name
         assert f"LENGTHWISE_{name.upper()}" in text
+
+
+def test_every_setting_has_a_row_in_the_configuration_page():
+    # docs/configuration.md is the user's reference; a new field must not slip past it.
+    from server.config import GatewayConfig
+
+    page = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+    missing = [n for n in GatewayConfig.model_fields if f"| `{n}`" not in page]
+    assert missing == []
