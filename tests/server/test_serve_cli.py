@@ -97,8 +97,10 @@ def test_serve_does_not_log_every_health_check(standin_factory, tmp_path):
 
 
 def _snapshot(folder) -> dict[str, tuple[int, str]]:
-    return {p.name: (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
-            for p in sorted(folder.iterdir())}
+    # Recursive: an artifact may carry a second_stage/ folder of its own.
+    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns,
+                                         hashlib.sha256(p.read_bytes()).hexdigest())
+            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def _artifact_copy(tmp_path, name: str, **meta_changes) -> Path:
