@@ -47,3 +47,25 @@ def test_queued_connections_survive_the_gate_and_new_ones_are_not_completed():
         refused.settimeout(2)
         with pytest.raises(ConnectionRefusedError):
             refused.connect(address)
+
+
+def test_a_handshake_answered_before_the_gate_completes_after_it():
+    # A client whose SYN the kernel answered just before the gate shut is connected on its
+    # side and sends its request; the server side completes only on that next segment.
+    # TCP_DEFER_ACCEPT holds the server side half-open until data arrives, which makes
+    # that race deterministic.
+    with socket.socket() as listener:
+        listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 5)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        address = listener.getsockname()
+        with socket.create_connection(address, timeout=2) as client:
+            assert accept_queue_length(listener) == 0  # not completed on the server side yet
+            assert refuse_new_connections(listener)
+            client.sendall(b"ping")
+            listener.settimeout(2)
+            conn, _ = listener.accept()
+            with conn:
+                assert conn.recv(16) == b"ping"
+                conn.sendall(b"pong")
+            assert client.recv(16) == b"pong"
