@@ -75,6 +75,38 @@ def by_group(scored: Scored, labels: pd.Series | np.ndarray) -> dict[str, dict]:
             for label in sorted(set(labels.tolist()))}
 
 
+def mean_ratio_interval(scored: Scored, prompt_ids: np.ndarray, resamples: int = 2000,
+                        seed: int = 0, level: float = 0.95) -> list[float] | None:
+    """Bootstrap interval of ``mean_predicted_over_true`` over prompts.
+
+    Rows of one prompt (one per model) are not independent draws, so whole prompts are
+    resampled: a corpus with 65 test prompts pins its ratio down far less than its 640
+    rows suggest."""
+    codes, uniques = pd.factorize(np.asarray(prompt_ids))
+    if len(uniques) < 2:
+        return None
+    predicted = np.bincount(codes, weights=scored.mean)
+    true = np.bincount(codes, weights=scored.truth)
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(uniques), size=(resamples, len(uniques)))
+    ratios = predicted[picks].sum(axis=1) / np.maximum(true[picks].sum(axis=1), 1e-9)
+    tail = (1 - level) / 2
+    return [float(np.quantile(ratios, tail)), float(np.quantile(ratios, 1 - tail))]
+
+
+def by_group_with_intervals(scored: Scored, labels: pd.Series | np.ndarray,
+                            prompt_ids: pd.Series | np.ndarray) -> dict[str, dict]:
+    """:func:`by_group`, each group with its prompt-bootstrap 95 % interval of the mean ratio."""
+    labels, prompt_ids = np.asarray(labels), np.asarray(prompt_ids)
+    groups = by_group(scored, labels)
+    for label, group in groups.items():
+        mask = labels == label
+        group["mean_predicted_over_true_ci95"] = mean_ratio_interval(
+            scored.subset(mask), prompt_ids[mask])
+        group["prompts"] = len(set(prompt_ids[mask].tolist()))
+    return groups
+
+
 def balanced(scored: Scored, corpora: pd.Series | np.ndarray) -> dict:
     """Pooled figures with each corpus reweighted to an equal share, and the corpus whose
     mean is furthest from unbiased."""

@@ -13,7 +13,7 @@ import pandas as pd
 
 from lengthwise.common.rank import kendall_tau
 from predictor.baselines import Baselines
-from predictor.breakdown import Scored, balanced, by_group, figures
+from predictor.breakdown import Scored, balanced, by_group, by_group_with_intervals, figures
 from predictor.cleaning import degenerate_mask
 from predictor.train import sample_matrix
 
@@ -83,7 +83,8 @@ def breakdowns(mean: np.ndarray, p90: np.ndarray, frame: pd.DataFrame,
            "by_model": by_group(scored, frame["model"])}
     if "dataset" in frame.columns:
         out["balanced"] = balanced(scored, frame["dataset"])
-        out["by_dataset"] = by_group(scored, frame["dataset"])
+        out["by_dataset"] = (by_group_with_intervals(scored, frame["dataset"], frame["prompt_id"])
+                             if "prompt_id" in frame.columns else by_group(scored, frame["dataset"]))
     return out
 
 

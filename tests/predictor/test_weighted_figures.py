@@ -5,7 +5,13 @@ import pandas as pd
 import pytest
 
 from lengthwise.common.rank import kendall_tau
-from predictor.breakdown import Scored, balanced, by_group, equal_share_weights
+from predictor.breakdown import (
+    Scored,
+    balanced,
+    by_group,
+    by_group_with_intervals,
+    equal_share_weights,
+)
 
 
 def test_weighted_tau_equals_tau_of_repeated_rows():
@@ -46,3 +52,20 @@ def test_balanced_figures_do_not_move_with_the_corpus_mix():
     assert groups["B"]["mean_predicted_over_true"] == pytest.approx(0.5, abs=0.05)
     assert groups["A"]["rows"] == 200
     assert equal_share_weights(pd.Series(corpora[idx])).sum() == pytest.approx(1.0)
+
+
+def test_mean_ratio_interval_resamples_prompts_and_narrows_with_more_of_them():
+    rng = np.random.default_rng(2)
+    scored = _scored(1300, rng, bias=0.9)
+    corpora = np.array(["few"] * 130 + ["many"] * 1170)
+    # 13 rows (models) per prompt: 10 prompts in "few", 90 in "many"
+    prompts = np.repeat(np.arange(100), 13).astype(str)
+    groups = by_group_with_intervals(scored, corpora, prompts)
+    few, many = groups["few"], groups["many"]
+    assert (few["prompts"], many["prompts"]) == (10, 90)
+    for group in (few, many):
+        low, high = group["mean_predicted_over_true_ci95"]
+        assert low < group["mean_predicted_over_true"] < high
+    width = {k: g["mean_predicted_over_true_ci95"][1] - g["mean_predicted_over_true_ci95"][0]
+             for k, g in groups.items()}
+    assert width["few"] > 2 * width["many"]  # ~sqrt(9) times wider with 9x fewer prompts
