@@ -36,7 +36,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from server.generation_probe import probe_generation
+from server.generation_probe import generated_so_far, probe_generation
 from server.outlier_detection import UNHEALTHY_AFTER_FAILED_PROBES, OutlierDetection
 from server.policy import EngineView, QueuedRequest, WorkerLoad, predicted_size
 
@@ -280,11 +280,30 @@ class WorkerPool:
                 suspects.append(w.url)
         return suspects
 
-    def report_stalled(self, url: str, reason: str) -> None:
-        """The worker could not generate a token while requests waited on it: take it out
-        and fail its open non-streaming attempts (retried elsewhere)."""
+    def report_stall_probe_failed(self, url: str, reason: str, *,
+                                  progressed: bool | None) -> None:
+        """A stall probe got no token in time. ``progressed``: whether the engine's own
+        counter shows it generated tokens meanwhile (``None``: it does not say).
+
+        An engine that generated is busy, not hung: it stays, and its requests keep
+        waiting. One that generated nothing is hung: it is taken out and its open
+        non-streaming attempts fail (and are retried elsewhere). Without the counter a
+        full engine and a hung one look alike, so the last worker in rotation stays
+        (its requests are still bounded by the request time-out)."""
         w = self.workers.get(url)
         if w is None:
+            return
+        if progressed:
+            log.info("worker %s is busy, not hung: %s, but it generated tokens meanwhile",
+                     url, reason)
+            w.last_answer_at = self.clock()
+            w.timed_out_at = None
+            return
+        if progressed is None and not (self.healthy_ids() - {url}):
+            log.warning("worker %s kept in rotation, the last one: %s (it does not export "
+                        "its generated-token count, so a full engine cannot be told from "
+                        "a hung one)", url, reason)
+            w.last_answer_at = self.clock()
             return
         w.last_error = reason
         w.timed_out_at = None
@@ -484,13 +503,19 @@ class WorkerMonitor:
         worker = self.pool.workers.get(url)
         if worker is None or not worker.model_cards:
             return
+        # A full engine makes the probe wait for a running slot (vLLM does not start a
+        # waiting request, whatever its priority, while every slot is taken), so a probe
+        # without its token proves a hang only if the engine generated nothing meanwhile.
+        before = await generated_so_far(self.client, url, self.health_timeout_s)
         try:
             await probe_generation(self.client, url, list(worker.model_cards),
                                    self.stall_after_s, self.probe_priority)
         except _PROBE_ERRORS as exc:
-            self.pool.report_stalled(
+            after = await generated_so_far(self.client, url, self.health_timeout_s)
+            self.pool.report_stall_probe_failed(
                 url, f"no token from a one-token probe within {self.stall_after_s:g} s "
-                f"while requests waited on it ({exc!r})")
+                f"while requests waited on it ({exc!r})",
+                progressed=None if before is None or after is None else after > before)
             return
         self.pool.report_healthy(url, generated=True)
 

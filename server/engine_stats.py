@@ -20,6 +20,8 @@ KV_CACHE_USAGE_LEGACY = "vllm:gpu_cache_usage_perc"
 RUNNING = "vllm:num_requests_running"
 WAITING = "vllm:num_requests_waiting"
 CACHE_CONFIG = "vllm:cache_config_info"
+#: A counter of every token the engine has generated: it grows while the engine works.
+GENERATION_TOKENS = "vllm:generation_tokens_total"
 
 #: Above this KV usage a waiting queue may be memory-bound, so the running count then
 #: says nothing about the engine's sequence limit.
@@ -41,6 +43,11 @@ class EngineStats:
         values = parse_samples(text, {KV_CACHE_USAGE, KV_CACHE_USAGE_LEGACY, RUNNING, WAITING})
         kv = values.get(KV_CACHE_USAGE, values.get(KV_CACHE_USAGE_LEGACY))
         return cls(kv, values.get(RUNNING), values.get(WAITING), kv_capacity_tokens(text))
+
+
+def generation_tokens(text: str) -> float | None:
+    """The engine's generated-token counter from one scrape (``None``: not exported)."""
+    return parse_samples(text, {GENERATION_TOKENS}).get(GENERATION_TOKENS)
 
 
 def kv_capacity_tokens(text: str) -> float | None:

@@ -174,7 +174,10 @@ async def post_complete(
     except aiohttp.ClientConnectorError as exc:
         raise UpstreamFailure(f"cannot connect: {exc!r}", worker_down=True) from None
     except aiohttp.ConnectionTimeoutError:
-        raise UpstreamFailure("cannot connect: timed out", worker_down=True) from None
+        # A full accept backlog times out a connect as a dead host does: counted as one
+        # failure of a run (outlier detection), not taken for a worker that is down.
+        raise UpstreamFailure("cannot connect: timed out", worker_down=False,
+                              timed_out=True) from None
     except TimeoutError:
         raise UpstreamFailure("worker timed out", worker_down=False, timed_out=True) from None
     except aiohttp.ClientError as exc:
@@ -253,7 +256,10 @@ async def open_stream(
             await response.aclose()
         raise UpstreamFailure("no first event before the timeout", worker_down=False,
                               timed_out=True) from None
-    except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+    except httpx.ConnectTimeout:
+        raise UpstreamFailure("cannot connect: timed out", worker_down=False,
+                              timed_out=True) from None
+    except httpx.ConnectError as exc:
         raise UpstreamFailure(f"cannot connect: {exc!r}", worker_down=True) from None
     except httpx.HTTPError as exc:
         if response is not None:

@@ -14,6 +14,7 @@ error bodies) over real HTTP, and can be told to misbehave:
   ``token_delay_s``: seconds per generated token
   ``max_num_seqs``: requests it runs at once (``null``: unlimited); the rest wait in a
             queue ordered by ``(priority, arrival)``, as vLLM's priority scheduling
+  ``metrics_progress``: bool (export ``vllm:generation_tokens_total``; default true)
   ``kv_blocks``, ``block_size``: the KV cache it reports in ``vllm:cache_config_info``
             (``null``: not reported); usage counts each running request's prompt and
             tokens so far
@@ -58,7 +59,7 @@ def build_app(model: str, default_len: int, token_delay_s: float, max_model_len:
         "running": 0, "max_running": 0, "aborted": 0, "completed": 0, "received": [],
         "max_num_seqs": None, "waiting": 0, "kv_blocks": None, "block_size": 16,
         "kv_used": 0, "started": [], "request_ids": [], "unauthorized": 0,
-        "fail_marker": None,
+        "fail_marker": None, "generation_tokens": 0, "metrics_progress": True,
     }
     waiters: list[tuple[int, int, asyncio.Future]] = []
     arrivals = iter(range(10**12))
@@ -123,6 +124,8 @@ def build_app(model: str, default_len: int, token_delay_s: float, max_model_len:
             f'vllm:num_requests_running{{{labels}}} {state["running"]}\n'
             f'vllm:num_requests_waiting{{{labels}}} {state["waiting"]}\n'
         )
+        if state["metrics_progress"]:
+            text += f'vllm:generation_tokens_total{{{labels}}} {state["generation_tokens"]}\n'
         if capacity:
             text += (f'vllm:cache_config_info{{block_size="{state["block_size"]}",'
                      f'engine="0",num_gpu_blocks="{state["kv_blocks"]}"}} 1.0\n')
@@ -185,6 +188,7 @@ def build_app(model: str, default_len: int, token_delay_s: float, max_model_len:
         def account_token() -> None:
             kv[0] += n
             state["kv_used"] += n
+            state["generation_tokens"] += n
 
         def end() -> None:
             state["kv_used"] -= kv[0]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 from harness import assert_openai_error, chat_body, wait_until
@@ -39,6 +40,43 @@ def test_a_long_non_streaming_answer_outlasts_the_first_byte_timeout_and_runs_on
     assert gw.gateway.pool.healthy_ids() == {worker.url}
     assert not gw.registry.get_sample_value("lengthwise_retries_total",
                                             {"reason": "worker_error"})
+
+
+def _post_all(url: str, bodies: list[dict]) -> list[httpx.Response]:
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        return list(pool.map(lambda b: httpx.post(url + CHAT, json=b, timeout=60), bodies))
+
+
+def test_a_full_engine_is_busy_not_hung_when_the_stall_probe_cannot_get_a_slot(
+    standin_factory, gateway_factory
+):
+    # One running slot, taken by answers of 6 s each: the one-token stall probe waits for
+    # that slot (as in vLLM, a waiting request never starts while every slot is taken)
+    # and gets no token within the 2 s first-byte timeout. The engine's generated-token
+    # counter grew meanwhile, so the only worker stays and both answers come back, once.
+    worker = standin_factory(token_delay_s=0.1)
+    worker.control(max_num_seqs=1)
+    gw = gateway_factory([worker.url], first_byte_timeout_s=2.0)
+    resps = _post_all(gw.url, [chat_body(f"LEN=60 full {i}") for i in range(2)])
+    assert [r.status_code for r in resps] == [200, 200], [r.text for r in resps]
+    for i in range(2):
+        assert len(_received(worker, f"LEN=60 full {i}")) == 1  # not retried
+    assert not _taken_out(gw, worker.url, "stalled")
+    assert gw.gateway.pool.healthy_ids() == {worker.url}
+
+
+def test_the_last_worker_stays_when_its_engine_does_not_say_whether_it_progresses(
+    standin_factory, gateway_factory
+):
+    # Without vLLM's generated-token counter a full engine looks hung; the last worker in
+    # rotation is kept rather than leaving every request a 503.
+    worker = standin_factory(token_delay_s=0.1)
+    worker.control(max_num_seqs=1, metrics_progress=False)
+    gw = gateway_factory([worker.url], first_byte_timeout_s=2.0)
+    resp = httpx.post(gw.url + CHAT, json=chat_body("LEN=60 quiet"), timeout=60)
+    assert resp.status_code == 200, resp.text
+    assert len(_received(worker, "LEN=60 quiet")) == 1
+    assert not _taken_out(gw, worker.url, "stalled")
 
 
 def test_a_hung_worker_fails_its_non_streaming_attempt_which_is_retried_elsewhere(
