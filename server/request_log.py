@@ -14,10 +14,13 @@ records only.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import IO
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +75,7 @@ class RequestLog:
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        _drop_torn_tail(self.path)
         # Line-buffered: each record reaches the OS as one write, so a crash
         # leaves whole lines behind and concurrent readers see complete records.
         self._file = open(self.path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 (held open; closed in close())
@@ -112,6 +116,33 @@ class RequestLog:
             os.fsync(self._file.fileno())
             self._file.close()
             self._file = None
+
+
+def _drop_torn_tail(path: Path) -> None:
+    """Cut a half-written last line (a crash mid-write) off an existing log, so the next
+    record starts a line of its own instead of joining it into one unreadable line."""
+    try:
+        fh = open(path, "rb+")  # noqa: SIM115 (closed below)
+    except FileNotFoundError:
+        return
+    with fh:
+        end = fh.seek(0, os.SEEK_END)
+        pos = end
+        while pos > 0:
+            start = max(0, pos - 4096)
+            fh.seek(start)
+            chunk = fh.read(pos - start)
+            newline = chunk.rfind(b"\n")
+            if newline != -1:
+                keep = start + newline + 1
+                break
+            pos = start
+        else:
+            keep = 0
+        if keep < end:
+            log.warning("request log %s ended in a half-written record (%d bytes): dropped",
+                        path, end - keep)
+            fh.truncate(keep)
 
 
 class MalformedRequestLog(ValueError):

@@ -53,3 +53,22 @@ def test_reading_skips_only_a_torn_last_line(tmp_path):
     path.write_text('{"request_id": "a"}\nnot json\n')
     with pytest.raises(ValueError):
         read_request_log(path)
+
+
+def test_a_gateway_restarted_after_a_torn_write_starts_its_records_on_a_line_of_their_own(
+    standin_factory, gateway_factory, tmp_path
+):
+    worker = standin_factory(token_delay_s=0.0)
+    path = tmp_path / "requests.jsonl"
+    gw = gateway_factory([worker.url], request_log_path=path)
+    assert httpx.post(gw.url + CHAT, json=chat_body("before"), timeout=10).status_code == 200
+    assert wait_until(lambda: len(read_request_log(path)) == 1)
+    gw.stop()
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write('{"request_id":"torn","arri')  # the crash cut this record short
+    gw = gateway_factory([worker.url], request_log_path=path)
+    assert httpx.post(gw.url + CHAT, json=chat_body("after"), timeout=10).status_code == 200
+    assert wait_until(lambda: len(read_request_log(path)) == 2)
+    records = read_request_log(path)
+    assert "torn" not in [r["request_id"] for r in records]
+    assert path.read_text(encoding="utf-8").count("\n") == 2
