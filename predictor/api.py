@@ -11,6 +11,7 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import lightgbm
 import numpy as np
 
 from predictor.artifact import (
@@ -172,7 +173,12 @@ def load_served_predictor(directory: Path | str | None = None) -> CastilloLength
             raise PredictorNotAvailable(
                 f"{directory} is not a predictor artifact of version {ARTIFACT_VERSION} "
                 f"({found}); train one with `lengthwise predictor train --output {directory}`")
-        return CastilloLengthPredictor.from_directory(directory)
+        try:
+            return CastilloLengthPredictor.from_directory(directory)
+        except (OSError, ValueError, KeyError, lightgbm.basic.LightGBMError) as exc:
+            raise PredictorNotAvailable(
+                f"{directory} holds an incomplete or unreadable predictor artifact ({exc}); "
+                f"train one with `lengthwise predictor train --output {directory}`") from None
     default = default_artifact_dir()
     if not is_current(read_meta(default)):
         try:

@@ -129,7 +129,8 @@ def _serve(args: list[str], tmp_path) -> subprocess.Popen:
     )
 
 
-@pytest.mark.parametrize("kind", ["empty folder", "older artifact version"])
+@pytest.mark.parametrize("kind", ["empty folder", "older artifact version",
+                                  "missing model file", "corrupt booster"])
 def test_serve_refuses_a_predictor_dir_it_cannot_serve_and_leaves_it_as_it_is(
     kind, standin_factory, tmp_path
 ):
@@ -137,8 +138,14 @@ def test_serve_refuses_a_predictor_dir_it_cannot_serve_and_leaves_it_as_it_is(
     if kind == "empty folder":
         folder = tmp_path / "empty"
         folder.mkdir()
-    else:
+    elif kind == "older artifact version":
         folder = _artifact_copy(tmp_path, "old", artifact_version="3")
+    elif kind == "missing model file":
+        folder = _artifact_copy(tmp_path, "incomplete")
+        (folder / "model.json").unlink()
+    else:
+        folder = _artifact_copy(tmp_path, "corrupt")
+        (folder / "known_mean.lgb.txt").write_text("not a booster\n")
     before = _snapshot(folder)
     proc = _serve(["--worker", worker.url, "--port", str(free_port()), "--predictor-dir",
                    str(folder)], tmp_path)
@@ -151,7 +158,9 @@ def test_serve_refuses_a_predictor_dir_it_cannot_serve_and_leaves_it_as_it_is(
     err_text = err.decode()
     assert proc.returncode not in (0, None)
     assert "Traceback" not in err_text, err_text[-3000:]
-    lines = [line for line in err_text.splitlines() if line.strip()]
+    # LightGBM's own loader logs its complaint about a corrupt booster file first.
+    lines = [line for line in err_text.splitlines()
+             if line.strip() and not line.startswith("[LightGBM]")]
     assert len(lines) == 1 and lines[0].startswith("error: "), err_text
     assert str(folder) in lines[0] and "predictor" in lines[0]
     assert _snapshot(folder) == before  # nothing trained into it, nothing touched
