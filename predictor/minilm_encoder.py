@@ -2,7 +2,8 @@
 
 Loaded with transformers directly (mean pooling, l2 norm), so sentence-transformers
 is not needed at run time. Costs tens of milliseconds per prompt on CPU, which is
-why the default feature set leaves it out (see reports/predictor_feature_ablation.json).
+why the default feature set leaves it out; the optional second stage uses it (what it
+buys and costs: reports/predictor_ablation.json, reports/predictor_second_stage.json).
 """
 
 from __future__ import annotations

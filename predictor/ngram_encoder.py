@@ -23,7 +23,8 @@ class NgramConfig:
     word_hash_bits: int = 18
     char_hash_bits: int = 18
     #: off by default: character 3-5-grams cost about as much CPU as everything else in a
-    #: request together and bought little tau (reports/predictor_feature_ablation.json)
+    #: request together. No committed report measures them; to measure them, add an arm
+    #: with ``NgramConfig(char_ngrams=True)`` to ``lengthwise.bench.ablation.default_arms``
     char_ngrams: bool = False
     #: character n-grams cost most per character: they read a shorter head and tail
     char_max_chars: int = 1500

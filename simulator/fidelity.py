@@ -4,8 +4,8 @@
 front of one vLLM CPU worker (``lengthwise worker --max-num-seqs 16 --no-prefix-caching``); each gateway arm
 writes a JSONL request log. For every log this module replays *exactly those
 requests* through the simulated gateway and engine and compares mean / p50 /
-p90 E2E and TTFT with what the gateway measured. The issue's target: mean E2E
-and mean TTFT within 10 %.
+p90 E2E and TTFT with what the gateway measured. The target: mean E2E and mean
+TTFT within 10 %.
 
 What is replayed, and why (nothing here is fitted to the live numbers):
 

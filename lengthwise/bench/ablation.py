@@ -8,7 +8,7 @@ is predicted by the arm trained on the other folds. The test split is never read
 here; choices made from this report cannot have looked at it. To compare feature
 groups at a cost the shared machine affords, each arm trains only the model-aware
 mean head (the artifact's parameters). Figures: pooled, corpus-balanced pooled
-(every corpus an equal share, the issue's target figure) and per corpus; latency is
+(every corpus an equal share, the figure the targets are stated on) and per corpus; latency is
 text -> features -> mean head, one request at a time, for arms on the arrival path.
 """
 

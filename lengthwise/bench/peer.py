@@ -35,7 +35,7 @@ import httpx
 from lengthwise.common.files import write_json_report
 from lengthwise.common.paths import shared_dir
 
-#: The figures a scenario is judged by (issue targets), gateway / direct.
+#: The figures a scenario is judged by, and their targets, as gateway / direct.
 TARGETS = {
     "burst": {"output_throughput": (">=", 0.97), "e2e_mean": ("<=", 0.85),
               "e2e_p99": ("<=", 1.10)},

@@ -1,7 +1,7 @@
 """Simulator speed: the whole Azure 2023 conv trace through one simulated worker.
 
 ``lengthwise bench sim-speed`` writes the wall and CPU time under ``reports/`` (the speed
-target of issue 16: the whole replay under 20 s), never a timed test assertion.
+target: the whole replay under 20 s of wall time), never a timed test assertion.
 """
 
 from __future__ import annotations

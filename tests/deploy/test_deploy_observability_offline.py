@@ -46,7 +46,7 @@ def test_alert_unit_tests_pass(promtool, deploy_dir):
     assert "SUCCESS" in result.stdout
 
 
-def test_every_alert_the_issue_names_exists(deploy_dir):
+def test_the_required_alerts_exist(deploy_dir):
     alerts = {
         rule["alert"]
         for path in (deploy_dir / "prometheus" / "rules").glob("*.yml")
@@ -96,7 +96,7 @@ def _dashboards(deploy_dir: Path) -> list[dict]:
             for p in sorted((deploy_dir / "grafana" / "dashboards").glob("*.json"))]
 
 
-def test_dashboards_cover_the_issue(deploy_dir):
+def test_dashboards_have_the_required_panels(deploy_dir):
     titles = {d["uid"]: {p["title"] for p in d["panels"]} for d in _dashboards(deploy_dir)}
     assert {"lengthwise-gateway", "lengthwise-prediction", "lengthwise-worker-memory",
             "lengthwise-edt"} <= set(titles)
@@ -117,7 +117,7 @@ def _panel(deploy_dir: Path, uid: str, title: str) -> dict:
     return panel
 
 
-def test_panels_split_what_the_issue_asks_to_split(deploy_dir):
+def test_panels_split_by_policy_and_process(deploy_dir):
     def exprs(uid: str, title: str) -> list[str]:
         return [t["expr"] for t in _panel(deploy_dir, uid, title)["targets"]]
 

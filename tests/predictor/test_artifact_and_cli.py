@@ -21,7 +21,7 @@ def test_ensure_trained_reuses_and_retrains_on_new_data(small_rows, small_config
     assert read_meta(directory)["data"]["fingerprint"] != first["data"]["fingerprint"]
 
 
-def test_eval_command_writes_the_issue_figures(small_artifact, small_rows, tmp_path):
+def test_eval_command_writes_the_target_figures(small_artifact, small_rows, tmp_path):
     data = tmp_path / "eval.parquet"
     small_rows.to_parquet(data)
     out = tmp_path / "figures.json"
