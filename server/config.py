@@ -38,8 +38,10 @@ def _split_csv(value: Any) -> Any:
 class GatewayConfig(BaseSettings):
     """Every setting of the gateway. Field docstrings are the documentation."""
 
+    # No setting has a use for inf or NaN, and either one would poison the policy's keys.
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, extra="forbid", use_attribute_docstrings=True
+        env_prefix=ENV_PREFIX, extra="forbid", use_attribute_docstrings=True,
+        allow_inf_nan=False,
     )
 
     # --- listening -------------------------------------------------------------
@@ -131,13 +133,15 @@ class GatewayConfig(BaseSettings):
     """Key the workers were started with (vLLM ``--api-key``), sent to them as
     ``Authorization: Bearer`` on every request, health probe and metrics scrape."""
     connect_timeout_s: float = Field(3.0, gt=0)
-    """Time allowed to open a connection to a worker."""
+    """Time allowed to open a connection to a worker; a time-out counts as one failed
+    request toward outlier ejection."""
     first_byte_timeout_s: float = Field(120.0, gt=0)
     """The stall bound: a worker on which an answer (a non-streaming reply, or a stream's
     first event) has been awaited this long, with no answer from it meanwhile, is asked
-    for one token within this time, and is taken out as hung if it cannot; its open
-    attempts are then retried elsewhere. It does not bound an answer itself: vLLM sends a
-    non-streaming reply only once complete, and a stream's first event only once the
+    for one token within this time. If it gives none while vLLM's generated-token counter
+    stands still, it is hung: taken out, its open attempts retried elsewhere (a full engine
+    whose counter grows is busy and stays). It does not bound an answer itself: vLLM sends
+    a non-streaming reply only once complete, and a stream's first event only once the
     request leaves its waiting queue (see ``request_timeout_s``)."""
     stream_idle_timeout_s: float = Field(60.0, gt=0)
     """Longest silence allowed between two events of a started stream; the client then

@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from server.config import describe_settings, load_config
-from server.engine_stats import EngineStats, parse_samples
+from server.engine_stats import EngineStats, generation_tokens, parse_samples
 
 VLLM_SCRAPE = """\
 # HELP vllm:kv_cache_usage_perc KV-cache usage. 1 means 100 percent usage.
@@ -26,6 +26,13 @@ vllm:request_success_total{engine="0",finished_reason="stop"} 7.0
 def test_engine_stats_parse_a_vllm_scrape():
     stats = EngineStats.from_vllm_scrape(VLLM_SCRAPE)
     assert stats == EngineStats(kv_cache_usage=0.125, num_running=3.0, num_waiting=3.0)
+
+
+def test_the_generated_token_counter_is_read_from_a_scrape():
+    assert generation_tokens(
+        'vllm:generation_tokens_total{engine="0",model_name="m"} 1234.0\n'
+        'vllm:generation_tokens_created{engine="0",model_name="m"} 1.7e9\n') == 1234.0
+    assert generation_tokens(VLLM_SCRAPE) is None
 
 
 def test_engine_stats_accept_the_legacy_name_and_missing_values():
@@ -56,6 +63,11 @@ def test_config_rejects_bad_settings(tmp_path):
         load_config(None, {"workers": ["ftp://x"]}, environ={})
     with pytest.raises(ValidationError):
         load_config(None, {"no_such_setting": 1}, environ={})
+    # An infinite weight or aging would make the policy's keys NaN (inf x 0, inf - inf).
+    for name in ("prompt_token_weight", "aging_s_per_token"):
+        for value in ("inf", "nan"):
+            with pytest.raises(ValidationError):
+                load_config(None, {}, environ={f"LENGTHWISE_{name.upper()}": value})
     toml = tmp_path / "gw.toml"
     toml.write_text('policy = "sjf-aged"\naging_s_per_token = 0.2\n')
     assert load_config(toml, environ={}).aging_s_per_token == 0.2
