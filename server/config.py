@@ -20,8 +20,10 @@ import yaml
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from lengthwise.common.edt_params import DEFAULT_N as EDT_DEFAULT_N
+from lengthwise.common.edt_params import N_KEY as EDT_N_KEY
+from lengthwise.common.edt_params import THETA_KEY as EDT_THETA_KEY
 from lengthwise.common.paths import cache_dir
-from lengthwise.worker.edt.params import DEFAULT_N as EDT_DEFAULT_N
 from server.outlier_detection import UNHEALTHY_AFTER_FAILED_PROBES, OutlierDetection
 from server.policy import AdmissionLimits, PointEstimate, PolicyConfig, PolicyName
 
@@ -174,7 +176,7 @@ class GatewayConfig(BaseSettings):
     (``None``: EDT off unless a request asks). The worker must load the EDT processor."""
     edt_n: float | None = Field(None, gt=0, lt=1)
     """Gateway-wide EDT exponent N (0 < N < 1) that goes with ``edt_theta``; ``None`` uses
-    the paper's N = 0.8 (``lengthwise.worker.edt.params.DEFAULT_N``)."""
+    the paper's N = 0.8 (``lengthwise.common.edt_params.DEFAULT_N``)."""
 
     # --- security --------------------------------------------------------------
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
@@ -310,8 +312,8 @@ class GatewayConfig(BaseSettings):
     def edt_default(self) -> dict[str, float] | None:
         if self.edt_theta is None:
             return None
-        return {"edt_theta": self.edt_theta,
-                "edt_n": EDT_DEFAULT_N if self.edt_n is None else self.edt_n}
+        return {EDT_THETA_KEY: self.edt_theta,
+                EDT_N_KEY: EDT_DEFAULT_N if self.edt_n is None else self.edt_n}
 
 
 def read_config_file(path: Path) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 
+from lengthwise.common.edt_params import DEFAULT_N as EDT_DEFAULT_N
 from server.policy import PolicyConfig
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
@@ -204,7 +205,7 @@ def edt_quality(
     fixed: str = typer.Option("0.3,0.7,1.0,1.3", help="Fixed temperatures."),
     edt_t0: str = typer.Option("1.0,1.3", help="EDT base temperatures T0."),
     edt_theta: str = typer.Option("0.5,1.5", help="EDT theta values."),
-    edt_n: float = typer.Option(0.8, help="EDT base N."),
+    edt_n: float = typer.Option(EDT_DEFAULT_N, help="EDT base N."),
     seed: int = typer.Option(0),
     output: Output = Path("reports/edt_quality.json"),
     plot: bool = typer.Option(True, help="Write the PNG plot beside the report."),
