@@ -15,6 +15,7 @@ import typer
 
 from lengthwise.common.edt_params import DEFAULT_N as EDT_DEFAULT_N
 from server.policy import PolicyConfig
+from simulator.latency import RTX_PRO_6000_KV_TOKENS_EARLIER
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 
@@ -294,7 +295,7 @@ def sim_speed(
     trace: Path | None = typer.Option(None, help="Default: the shared azure2023_conv.csv."),
     cost_model: Path | None = typer.Option(None, help="Default: the RTX PRO 6000 tables."),
     num_layers: int = typer.Option(32),
-    kv_cache_tokens: int = typer.Option(520_000),
+    kv_cache_tokens: int = typer.Option(RTX_PRO_6000_KV_TOKENS_EARLIER),
     output: Output = Path("reports/sim_speed.json"),
 ) -> None:
     """Replay the whole Azure 2023 conv trace on one simulated worker: wall and CPU time."""
@@ -306,10 +307,10 @@ def sim_speed(
 
     trace = trace or shared_dir() / "traces" / "azure2023_conv.csv"
     latency = load_cost_model(cost_model or shared_dir() / RTX_PRO_6000_TABLES, num_layers)
-    engine = EngineConfig(256, 2048, kv_cache_tokens, 16)
+    engine = EngineConfig(kv_cache_tokens=kv_cache_tokens)
     report = speed_benchmark(trace, latency, engine)
-    report["engine"] = {"max_num_seqs": 256, "max_num_batched_tokens": 2048,
-                        "kv_cache_tokens": kv_cache_tokens, "block_size": 16}
+    report["engine"] = {name: getattr(engine, name) for name in (
+        "max_num_seqs", "max_num_batched_tokens", "kv_cache_tokens", "block_size")}
     write_json_report(output, report)
     _echo_json({k: v for k, v in report.items() if k != "summary"})
 
