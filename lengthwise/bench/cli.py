@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 
+from lengthwise.common.cpu_worker import CPU_BLOCK_SIZE
 from lengthwise.common.edt_params import DEFAULT_N as EDT_DEFAULT_N
 from server.policy import PolicyConfig
 from simulator.latency import RTX_PRO_6000_KV_TOKENS_EARLIER
@@ -67,8 +68,7 @@ def live(
                  sjf_policy=sjf_policy, aging_s_per_token=aging_s_per_token)
     # Prefix caching off: every arm replays the same prompts, and a warm cache would
     # favour whichever arm runs later.
-    with worker_for(worker, model, say=typer.echo,
-                    extra_args=("--no-enable-prefix-caching",)) as (url, name):
+    with worker_for(worker, model, say=typer.echo, prefix_caching=False) as (url, name):
         report = run_live_bench(url, name, w, output, log=typer.echo)
     typer.echo(f"targets: {report['targets']}; wrote {output}")
 
@@ -92,7 +92,7 @@ def peer(
         "of the defaults, e.g. kv_budget=0.8; repeat for several."),
     worker_kv_blocks: int | None = typer.Option(
         None, help="Memory-bound scenario: start a local worker with this many KV blocks "
-        "(128 tokens each on CPU) and put `lengthwise serve --worker URL` in front of it "
+        f"({CPU_BLOCK_SIZE} tokens each on CPU) and put `lengthwise serve --worker URL` in front of it "
         "(its slots then learned, as for any remote worker)."),
     output: Output = Path("reports/peer.json"),
 ) -> None:
