@@ -20,6 +20,7 @@ from typing import Annotated
 import typer
 from typer.core import TyperGroup
 
+from lengthwise.common.cpu_worker import LIVE_BENCH_TEMPERATURE, LIVE_BENCH_TOP_P
 from server.policy import PointEstimate, PolicyConfig, PolicyName
 
 from .latency import RTX_4090_KV_TOKENS, RTX_PRO_6000_KV_TOKENS
@@ -247,8 +248,9 @@ def calibrate(
     decode_tokens: Annotated[int, typer.Option(help="max_tokens per request in decode runs")] = 24,
     timeout_s: Annotated[float, typer.Option()] = 240.0,
     temperature: Annotated[float, typer.Option(
-        help="Sampling temperature of the probes (the live benchmark's)")] = 0.7,
-    top_p: Annotated[float, typer.Option(help="top-p of the probes (the live benchmark's)")] = 0.95,
+        help="Sampling temperature of the probes (the live benchmark's)")] = LIVE_BENCH_TEMPERATURE,
+    top_p: Annotated[float, typer.Option(
+        help="top-p of the probes (the live benchmark's)")] = LIVE_BENCH_TOP_P,
     seeded: Annotated[bool, typer.Option(
         help="A distinct seed per probe, as the live benchmark sends")] = True,
     overhead_probes: Annotated[int, typer.Option(
