@@ -3,6 +3,7 @@ worker, supervised: restarted with backoff whenever it dies or stops answering).
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import typer
@@ -82,31 +83,25 @@ def serve(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     registry = CollectorRegistry()
-    supervisor = None
-    if not cfg.workers and not cfg.worker_dns_name:
-        supervisor = _start_local_worker(worker_port, registry)
-        local = supervisor.worker
-        # The gateway knows its own worker's slots; a remote engine's are learned.
-        cfg = cfg.model_copy(update={
-            "workers": [local.base_url],
-            "worker_max_num_seqs": cfg.worker_max_num_seqs or local.config.max_num_seqs})
-    try:
+    with contextlib.ExitStack() as stack:
+        local = None
+        if not cfg.workers and not cfg.worker_dns_name:
+            local = stack.enter_context(_local_worker(worker_port, registry))
+            stack.callback(typer.echo, "Stopping the local vLLM worker ...")
+            # The gateway knows its own worker's slots; a remote engine's are learned.
+            cfg = cfg.model_copy(update={
+                "workers": [local.base_url],
+                "worker_max_num_seqs": cfg.worker_max_num_seqs or local.config.max_num_seqs})
         application = create_app(cfg, predictor=predictor, registry=registry)
         base = f"http://{cfg.host}:{cfg.port}/v1"
         typer.echo(f"Lengthwise gateway on {base}  (policy {cfg.policy.value}, "
                    f"workers: {', '.join(cfg.workers) or cfg.worker_dns_name})")
         typer.echo(f"Point an OpenAI client at it:  OpenAI(base_url=\"{base}\", "
                    f"api_key={'<one of your keys>' if cfg.api_keys else 'any string'!r})")
-        if supervisor is not None:
-            from lengthwise.worker.local_model import SERVED_MODEL_NAME
-
-            typer.echo(f"Model: {SERVED_MODEL_NAME}")
+        if local is not None:
+            typer.echo(f"Model: {local.config.served_model_name}")
         # SIGTERM drains (503 to new requests, in-flight ones finish), then exits 0.
         serve_app(application, cfg, log_level=log_level)
-    finally:
-        if supervisor is not None:
-            typer.echo("Stopping the local vLLM worker ...")
-            supervisor.stop()
 
 
 def configure_logging(level: str) -> None:
@@ -122,26 +117,15 @@ def configure_logging(level: str) -> None:
             logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def _start_local_worker(port: int, registry):
-    """Start the local vLLM worker and the supervisor that restarts it (its restarts are
-    counted on ``registry``, which the gateway's ``/metrics`` serves)."""
+@contextlib.contextmanager
+def _local_worker(port: int, registry):
+    """The local vLLM worker, supervised (restarted whenever it dies or stops answering;
+    its restarts are counted on ``registry``, which the gateway's ``/metrics`` serves),
+    for the block; exits 1 if it does not start."""
     from prometheus_client import Counter
 
-    from lengthwise.worker.local_model import prepare_local_model
-    from lengthwise.worker.process import WorkerConfig, WorkerProcess, WorkerStartError, free_port
-    from lengthwise.worker.supervisor import WorkerSupervisor
+    from lengthwise.worker.process import WorkerStartError, free_port, local_worker
 
-    typer.echo("No workers configured: preparing SmolLM2-135M-Instruct (once) ...")
-    model = prepare_local_model()
-    worker = WorkerProcess(WorkerConfig(model_path=model.path, port=port or free_port(),
-                                        edt_metrics_port=free_port()))
-    typer.echo(f"Starting a local vLLM CPU worker on {worker.base_url} (about a minute); "
-               f"EDT temperature metrics at {worker.config.edt_metrics_url} ...")
-    try:
-        worker.start()
-    except WorkerStartError as exc:
-        typer.echo(f"error: the local vLLM worker did not start: {exc}", err=True)
-        raise typer.Exit(1) from None
     restarts = Counter(
         "lengthwise_local_worker_restarts",
         "Restarts of the local vLLM worker that `lengthwise serve` supervises, by reason: "
@@ -149,6 +133,14 @@ def _start_local_worker(port: int, registry):
         ["reason"], registry=registry)
     for reason in ("exited", "unhealthy"):
         restarts.labels(reason)  # exported as 0 from the start, so a rate() sees the first
-    supervisor = WorkerSupervisor(worker, on_restart=lambda reason: restarts.labels(reason).inc())
-    supervisor.start()
-    return supervisor
+    typer.echo("No workers configured: preparing SmolLM2-135M-Instruct (once) ...")
+    with contextlib.ExitStack() as stack:
+        try:
+            worker = stack.enter_context(local_worker(
+                say=typer.echo, supervised=True,
+                on_restart=lambda reason: restarts.labels(reason).inc(),
+                port=port, edt_metrics_port=free_port()))
+        except WorkerStartError as exc:
+            typer.echo(f"error: the local vLLM worker did not start: {exc}", err=True)
+            raise typer.Exit(1) from None
+        yield worker

@@ -13,6 +13,7 @@ import math
 import os
 import tomllib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -20,10 +21,13 @@ import yaml
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from lengthwise.common.edt_params import DEFAULT_N as EDT_DEFAULT_N
+from lengthwise.common.edt_params import N_KEY as EDT_N_KEY
+from lengthwise.common.edt_params import THETA_KEY as EDT_THETA_KEY
 from lengthwise.common.paths import cache_dir
-from lengthwise.worker.edt.params import DEFAULT_N as EDT_DEFAULT_N
 from server.outlier_detection import UNHEALTHY_AFTER_FAILED_PROBES, OutlierDetection
 from server.policy import AdmissionLimits, PointEstimate, PolicyConfig, PolicyName
+from server.request_log import DEFAULT_BACKUPS
 
 ENV_PREFIX = "LENGTHWISE_"
 CONFIG_FILE_ENV = "LENGTHWISE_CONFIG"
@@ -33,6 +37,23 @@ def _split_csv(value: Any) -> Any:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
     return value
+
+
+@dataclass(frozen=True)
+class OnlineLearningSettings:
+    """What ``server.online_learning`` runs with; the first five come from the gateway's
+    ``online_*`` settings, whose defaults are these."""
+
+    refit_every: int = 200
+    min_observations: int = 200
+    buffer_size: int = 4000
+    window: int = 500
+    max_models: int = 8
+    validation_share: float = 0.2
+    min_validation: int = 50
+    rounds: int = 150
+    #: nice increment of the refit thread (Linux applies it to the thread only)
+    nice: int = 10
 
 
 class GatewayConfig(BaseSettings):
@@ -178,7 +199,7 @@ class GatewayConfig(BaseSettings):
     (``None``: EDT off unless a request asks). The worker must load the EDT processor."""
     edt_n: float | None = Field(None, gt=0, lt=1)
     """Gateway-wide EDT exponent N (0 < N < 1) that goes with ``edt_theta``; ``None`` uses
-    the paper's N = 0.8 (``lengthwise.worker.edt.params.DEFAULT_N``)."""
+    the paper's N = 0.8 (``lengthwise.common.edt_params.DEFAULT_N``)."""
 
     # --- security --------------------------------------------------------------
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
@@ -206,7 +227,7 @@ class GatewayConfig(BaseSettings):
     request_log_max_bytes: int | None = Field(100 * 1024 * 1024, ge=4096)
     """Size at which the request log rotates: it becomes ``<path>.1`` (older files shift to
     ``.2`` ...) and a new file starts. ``None``: it grows without bound."""
-    request_log_backups: int = Field(5, ge=0)
+    request_log_backups: int = Field(DEFAULT_BACKUPS, ge=0)
     """Rotated request log files kept; the oldest beyond this is deleted. With the default
     size that bounds the log's disk use to 600 MiB (about 1.2 million requests)."""
     shutdown_grace_s: float = Field(30.0, ge=0)
@@ -242,16 +263,16 @@ class GatewayConfig(BaseSettings):
     """Learn each served model's lengths from finished requests: a background refit of a
     small calibrator on top of the predictor, hot-swapped when it beats the current one on
     the newest requests. ``false`` serves the trained predictor unchanged."""
-    online_refit_every: int = Field(200, ge=10)
+    online_refit_every: int = Field(OnlineLearningSettings.refit_every, ge=10)
     """Finished requests of one model between two background refits."""
-    online_min_observations: int = Field(200, ge=20)
+    online_min_observations: int = Field(OnlineLearningSettings.min_observations, ge=20)
     """Finished requests of a model needed before its first refit."""
-    online_buffer_size: int = Field(4000, ge=50)
+    online_buffer_size: int = Field(OnlineLearningSettings.buffer_size, ge=50)
     """Newest finished requests kept per model (ring buffer; bounds memory to about
     ``online_buffer_size`` x 4 KB per model)."""
-    online_window: int = Field(500, ge=10)
+    online_window: int = Field(OnlineLearningSettings.window, ge=10)
     """Requests in the rolling Kendall tau / error-ratio gauges."""
-    online_max_models: int = Field(8, ge=1)
+    online_max_models: int = Field(OnlineLearningSettings.max_models, ge=1)
     """Served model names learned at most; requests for further names are not learned from."""
 
     @field_validator("workers", "api_keys", mode="before")
@@ -295,9 +316,7 @@ class GatewayConfig(BaseSettings):
                                 self.max_ejected_share)
 
     @property
-    def online_learning_settings(self):
-        from server.online_learning import OnlineLearningSettings
-
+    def online_learning_settings(self) -> OnlineLearningSettings:
         return OnlineLearningSettings(
             refit_every=self.online_refit_every, min_observations=self.online_min_observations,
             buffer_size=self.online_buffer_size, window=self.online_window,
@@ -314,8 +333,8 @@ class GatewayConfig(BaseSettings):
     def edt_default(self) -> dict[str, float] | None:
         if self.edt_theta is None:
             return None
-        return {"edt_theta": self.edt_theta,
-                "edt_n": EDT_DEFAULT_N if self.edt_n is None else self.edt_n}
+        return {EDT_THETA_KEY: self.edt_theta,
+                EDT_N_KEY: EDT_DEFAULT_N if self.edt_n is None else self.edt_n}
 
 
 def read_config_file(path: Path) -> dict[str, Any]:

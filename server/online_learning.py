@@ -41,25 +41,12 @@ from lengthwise.common.rank import kendall_tau
 from predictor.lexical import lexical_features
 from predictor.prompt_text import clip_text, render_prompt
 from predictor.types import LengthFeedback, LengthPrediction, LengthPredictor, PromptOrMessages
+from server.config import OnlineLearningSettings
 
 log = logging.getLogger(__name__)
 
 #: Characters of a prompt kept in the buffer (the features read no more).
 KEPT_CHARS = 4000
-
-
-@dataclass(frozen=True)
-class OnlineLearningSettings:
-    refit_every: int = 200
-    min_observations: int = 200
-    buffer_size: int = 4000
-    window: int = 500
-    max_models: int = 8
-    validation_share: float = 0.2
-    min_validation: int = 50
-    rounds: int = 150
-    #: nice increment of the refit thread (Linux applies it to the thread only)
-    nice: int = 10
 
 
 @dataclass(frozen=True)

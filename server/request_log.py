@@ -54,13 +54,16 @@ class RequestRecord:
 
 _FIELD_NAMES = tuple(f.name for f in fields(RequestRecord))
 
+#: Rotated files kept by default (the gateway's ``request_log_backups``).
+DEFAULT_BACKUPS = 5
+
 
 class RequestLog:
     """Appends records to a file, rotating it by size; a ``None`` path makes every call a
     no-op. ``max_bytes=None`` never rotates."""
 
     def __init__(self, path: Path | None, max_bytes: int | None = None,
-                 backups: int = 5) -> None:
+                 backups: int = DEFAULT_BACKUPS) -> None:
         if max_bytes is not None and max_bytes < 1:
             raise ValueError("max_bytes must be positive")
         if backups < 0:

@@ -13,7 +13,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
 
-from lengthwise.worker.edt.params import DEFAULT_N as EDT_DEFAULT_N
+from lengthwise.common.edt_params import DEFAULT_N as EDT_DEFAULT_N
+from lengthwise.common.edt_params import N_KEY as EDT_N_KEY
+from lengthwise.common.edt_params import THETA_KEY as EDT_THETA_KEY
 
 XArgValue = str | int | float | list[str | int | float]
 
@@ -30,7 +32,7 @@ class EDTParams(BaseModel):
     n: float = Field(EDT_DEFAULT_N, gt=0, lt=1, allow_inf_nan=False)
 
     def as_xargs(self) -> dict[str, float]:
-        return {"edt_theta": self.theta, "edt_n": self.n}
+        return {EDT_THETA_KEY: self.theta, EDT_N_KEY: self.n}
 
 
 class StreamOptions(BaseModel):

@@ -44,6 +44,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from lengthwise.common.cpu_worker import LIVE_BENCH_TEMPERATURE, LIVE_BENCH_TOP_P
+
 from .latency import BatchShape, LinearStepModel, fit_linear
 
 
@@ -60,8 +62,8 @@ class CalibrationPlan:
     #: token ids are drawn from this range (inside any common vocabulary)
     token_id_range: tuple[int, int] = (1000, 20000)
     #: sampling of every probe (the live benchmark's; None = greedy)
-    temperature: float = 0.7
-    top_p: float = 0.95
+    temperature: float = LIVE_BENCH_TEMPERATURE
+    top_p: float = LIVE_BENCH_TOP_P
     #: send a distinct ``seed`` with every probe, as the live benchmark does
     seeded: bool = True
     #: chat requests that size the per-request overhead (0 = skip)

@@ -20,8 +20,10 @@ from typing import Annotated
 import typer
 from typer.core import TyperGroup
 
+from lengthwise.common.cpu_worker import LIVE_BENCH_TEMPERATURE, LIVE_BENCH_TOP_P
 from server.policy import PointEstimate, PolicyConfig, PolicyName
 
+from .latency import RTX_4090_KV_TOKENS, RTX_PRO_6000_KV_TOKENS
 from .predictions import PredictionSource
 from .replica import EngineConfig
 from .runner import (
@@ -216,8 +218,8 @@ def fit_cost_model(
     cost_model: Annotated[Path, typer.Option(help="Operator-table folder")],
     num_layers: Annotated[int, typer.Option()],
     output: Annotated[Path, typer.Option(help="Linear model .json to write")],
-    max_num_seqs: Annotated[int, typer.Option()] = 256,
-    max_num_batched_tokens: Annotated[int, typer.Option()] = 2048,
+    max_num_seqs: Annotated[int, typer.Option()] = _DEFAULT_ENGINE.max_num_seqs,
+    max_num_batched_tokens: Annotated[int, typer.Option()] = _DEFAULT_ENGINE.max_num_batched_tokens,
     max_context: Annotated[int, typer.Option()] = 8192,
     samples: Annotated[int, typer.Option()] = 3000,
     knee_tokens: Annotated[int | None, typer.Option(help="Piecewise split in tokens")] = 512,
@@ -246,8 +248,9 @@ def calibrate(
     decode_tokens: Annotated[int, typer.Option(help="max_tokens per request in decode runs")] = 24,
     timeout_s: Annotated[float, typer.Option()] = 240.0,
     temperature: Annotated[float, typer.Option(
-        help="Sampling temperature of the probes (the live benchmark's)")] = 0.7,
-    top_p: Annotated[float, typer.Option(help="top-p of the probes (the live benchmark's)")] = 0.95,
+        help="Sampling temperature of the probes (the live benchmark's)")] = LIVE_BENCH_TEMPERATURE,
+    top_p: Annotated[float, typer.Option(
+        help="top-p of the probes (the live benchmark's)")] = LIVE_BENCH_TOP_P,
     seeded: Annotated[bool, typer.Option(
         help="A distinct seed per probe, as the live benchmark sends")] = True,
     overhead_probes: Annotated[int, typer.Option(
@@ -415,8 +418,8 @@ def regimes(
     burst: Annotated[bool, typer.Option(help="Add the on/off burst cell")] = True,
     seeds: Annotated[str, typer.Option(help="Seeds (the defaults were tuned on seed 0)")] = "1",
     num_requests: Annotated[int, typer.Option()] = 2000,
-    roomy_kv_tokens: Annotated[int, typer.Option(help="KV cache of the roomy GPU")] = 480_000,
-    memory_bound_kv_tokens: Annotated[int, typer.Option(help="KV cache of the 24 GB card")] = 41_408,
+    roomy_kv_tokens: Annotated[int, typer.Option(help="KV cache of the roomy GPU")] = RTX_PRO_6000_KV_TOKENS,
+    memory_bound_kv_tokens: Annotated[int, typer.Option(help="KV cache of the 24 GB card")] = RTX_4090_KV_TOKENS,
     variants: Annotated[str | None, typer.Option(
         help="Extra gateway admission arms, e.g. 'kv_budget=2;kv_budget=3,engine_queue=8'")] = None,
     output: Annotated[Path, typer.Option(

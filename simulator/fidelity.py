@@ -53,12 +53,13 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
 
+from lengthwise.common.cpu_worker import BENCH_WORKER_MAX_NUM_SEQS, CPU_BLOCK_SIZE
 from server.policy import (
     AdmissionLimits,
     EngineQueueMode,
@@ -74,15 +75,10 @@ from .replica import EngineConfig
 from .simulation import SimConfig, SimResult, run_simulation
 from .trace import SimRequest
 
-#: ``lengthwise worker --max-num-seqs 16 --no-prefix-caching`` runs ``WorkerConfig(max_num_seqs=16)``.
-BENCH_WORKER_MAX_NUM_SEQS = 16
-#: vLLM's CPU platform default block size (``vllm/platforms/cpu.py``).
-CPU_BLOCK_SIZE = 128
-#: ``VLLM_CPU_KVCACHE_SPACE`` = 2 GiB over SmolLM2-135M's KV bytes per token in bf16
-#: (30 layers x 2 x 3 KV heads x 64 dims x 2 bytes = 23,040), whole 128-token
-#: blocks. The worker log prints the real figure ("KV cache size: N tokens"); the
+#: SmolLM2-135M's KV bytes per token in bf16 (30 layers x 2 x 3 KV heads x 64 dims x
+#: 2 bytes). The worker log prints the real KV figure ("KV cache size: N tokens"); the
 #: bench workload (16 sequences of at most a few hundred tokens) never fills it.
-BENCH_KV_CACHE_TOKENS = (2 * 2**30 // 23_040) // CPU_BLOCK_SIZE * CPU_BLOCK_SIZE
+SMOLLM2_KV_BYTES_PER_TOKEN = 23_040
 #: spacing of same-instant client arrivals in burst mode: keeps the log's order
 #: as the FCFS / deadline tie-break without moving anything measurably
 _BURST_SPACING_S = 1e-6
@@ -98,35 +94,36 @@ class ClientArrivals(StrEnum):
 BENCH_ADMISSION_MAX_SEQUENCES = 16
 
 
-def _worker_default(name: str):
+def bench_worker_config():
+    """The bench worker's ``WorkerConfig``: what ``lengthwise worker --max-num-seqs 16
+    --no-prefix-caching`` runs (``lengthwise.common.cpu_worker``), everything else the
+    worker's defaults, so a change there follows here."""
     from lengthwise.worker.process import WorkerConfig
 
-    return next(f.default for f in fields(WorkerConfig) if f.name == name)
+    return WorkerConfig(model_path=Path("."), max_num_seqs=BENCH_WORKER_MAX_NUM_SEQS,
+                        prefix_caching=False)
 
 
 def bench_worker_engine() -> tuple[EngineConfig, int]:
-    """The engine settings of ``lengthwise worker --max-num-seqs 16 --no-prefix-caching`` and its ``max_model_len``.
-
-    Read from ``lengthwise.worker.process.WorkerConfig``'s defaults so a change there
-    follows here: with chunked prefill off the worker raises
-    ``max_num_batched_tokens`` to ``max(max_model_len, 2048)``.
-    """
-    max_model_len = int(_worker_default("max_model_len"))
-    chunked = bool(_worker_default("chunked_prefill"))
-    mode = EngineQueueMode(_worker_default("scheduling_policy"))
+    """The bench worker's engine settings (:func:`bench_worker_config`) and its
+    ``max_model_len``: with chunked prefill off the worker raises
+    ``max_num_batched_tokens`` to ``max(max_model_len, 2048)``; its KV cache is whole
+    ``CPU_BLOCK_SIZE`` blocks of ``VLLM_CPU_KVCACHE_SPACE``."""
+    worker = bench_worker_config()
+    kv_tokens = worker.kv_cache_space_gib * 2**30 // SMOLLM2_KV_BYTES_PER_TOKEN
     engine = EngineConfig(
-        max_num_seqs=BENCH_WORKER_MAX_NUM_SEQS,
-        max_num_batched_tokens=2048 if chunked else max(max_model_len, 2048),
-        kv_cache_tokens=BENCH_KV_CACHE_TOKENS,
+        max_num_seqs=worker.max_num_seqs,
+        max_num_batched_tokens=worker.max_num_batched_tokens or EngineConfig().max_num_batched_tokens,
+        kv_cache_tokens=kv_tokens // CPU_BLOCK_SIZE * CPU_BLOCK_SIZE,
         block_size=CPU_BLOCK_SIZE,
-        queue_mode=mode,
-        chunked_prefill=chunked,
-        # the bench worker runs --no-prefix-caching; the committed CPU replays were
-        # made with the synchronous loop, which is what vLLM's CPU backend runs
-        prefix_caching=False,
+        queue_mode=EngineQueueMode(worker.scheduling_policy),
+        chunked_prefill=worker.chunked_prefill,
+        prefix_caching=worker.prefix_caching,
+        # the committed CPU replays were made with the synchronous loop, which is what
+        # vLLM's CPU backend runs
         async_scheduling=False,
     )
-    return engine, max_model_len
+    return engine, worker.max_model_len
 
 
 @dataclass(frozen=True)
@@ -202,7 +199,8 @@ def live_setup(overrides: LiveOverrides, cost_model: Path) -> LiveSetup:
         setup = replace(setup, max_model_len=o.max_model_len)
         if o.max_num_batched_tokens is None and not setup.engine.chunked_prefill:
             # vLLM raises the budget to the model length when chunked prefill is off
-            engine_changes["max_num_batched_tokens"] = max(o.max_model_len, 2048)
+            engine_changes["max_num_batched_tokens"] = replace(
+                bench_worker_config(), max_model_len=o.max_model_len).max_num_batched_tokens
     setup = replace(setup, engine=replace(setup.engine, **engine_changes))
     if o.admission_max_seqs is not None:
         setup = replace(setup, admission_max_sequences=o.admission_max_seqs)

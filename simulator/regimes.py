@@ -45,7 +45,7 @@ from server.policy import (
     PolicyName,
 )
 
-from .latency import StepLatencyModel
+from .latency import RTX_4090_KV_TOKENS, RTX_PRO_6000_KV_TOKENS, StepLatencyModel
 from .predictions import Predictions, PredictionSource, predictions_for
 from .replica import EngineConfig
 from .report import summarize
@@ -59,6 +59,8 @@ DEFAULT_LOADS: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5)
 BURST = "burst"
 #: The on/off process of the burst cell: (rate over saturation, seconds) phases, repeated.
 BURST_PHASES: tuple[tuple[float, float], ...] = ((3.0, 10.0), (0.2, 30.0))
+#: vLLM's engine arguments the GPU settings do not change (256 slots, 2048 tokens a step).
+_ENGINE_DEFAULTS = EngineConfig()
 #: An arm's share of the oracle's gain is only defined when the oracle gains this much.
 MIN_ORACLE_GAIN = 0.02
 
@@ -69,14 +71,14 @@ class GpuSetting:
 
     name: str
     kv_cache_tokens: int
-    max_num_seqs: int = 256
-    max_num_batched_tokens: int = 2048
+    max_num_seqs: int = _ENGINE_DEFAULTS.max_num_seqs
+    max_num_batched_tokens: int = _ENGINE_DEFAULTS.max_num_batched_tokens
 
 
 #: The RTX PRO 6000 as measured (KV ~480k tokens) and the same tables with the KV cache
 #: of a 24 GB card (41,408 tokens, as the RTX 4090 run logged).
-ROOMY = GpuSetting("roomy", 480_000)
-MEMORY_BOUND = GpuSetting("memory-bound", 41_408)
+ROOMY = GpuSetting("roomy", RTX_PRO_6000_KV_TOKENS)
+MEMORY_BOUND = GpuSetting("memory-bound", RTX_4090_KV_TOKENS)
 DEFAULT_GPUS: tuple[GpuSetting, ...] = (ROOMY, MEMORY_BOUND)
 
 
@@ -209,7 +211,7 @@ class RegimeSpec:
     burst: bool = True
     seeds: Sequence[int] = (1,)
     num_requests: int = 2000
-    block_size: int = 16
+    block_size: int = _ENGINE_DEFAULTS.block_size
     extra_arms: Sequence[Arm] = field(default_factory=tuple)
 
 

@@ -13,7 +13,10 @@ from typing import Annotated
 
 import typer
 
+from lengthwise.common.cpu_worker import CPU_BLOCK_SIZE
+from lengthwise.common.edt_params import DEFAULT_N as EDT_DEFAULT_N
 from server.policy import PolicyConfig
+from simulator.latency import RTX_PRO_6000_KV_TOKENS_EARLIER
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 
@@ -65,8 +68,7 @@ def live(
                  sjf_policy=sjf_policy, aging_s_per_token=aging_s_per_token)
     # Prefix caching off: every arm replays the same prompts, and a warm cache would
     # favour whichever arm runs later.
-    with worker_for(worker, model, say=typer.echo,
-                    extra_args=("--no-enable-prefix-caching",)) as (url, name):
+    with worker_for(worker, model, say=typer.echo, prefix_caching=False) as (url, name):
         report = run_live_bench(url, name, w, output, log=typer.echo)
     typer.echo(f"targets: {report['targets']}; wrote {output}")
 
@@ -90,7 +92,7 @@ def peer(
         "of the defaults, e.g. kv_budget=0.8; repeat for several."),
     worker_kv_blocks: int | None = typer.Option(
         None, help="Memory-bound scenario: start a local worker with this many KV blocks "
-        "(128 tokens each on CPU) and put `lengthwise serve --worker URL` in front of it "
+        f"({CPU_BLOCK_SIZE} tokens each on CPU) and put `lengthwise serve --worker URL` in front of it "
         "(its slots then learned, as for any remote worker)."),
     output: Output = Path("reports/peer.json"),
 ) -> None:
@@ -204,7 +206,7 @@ def edt_quality(
     fixed: str = typer.Option("0.3,0.7,1.0,1.3", help="Fixed temperatures."),
     edt_t0: str = typer.Option("1.0,1.3", help="EDT base temperatures T0."),
     edt_theta: str = typer.Option("0.5,1.5", help="EDT theta values."),
-    edt_n: float = typer.Option(0.8, help="EDT base N."),
+    edt_n: float = typer.Option(EDT_DEFAULT_N, help="EDT base N."),
     seed: int = typer.Option(0),
     output: Output = Path("reports/edt_quality.json"),
     plot: bool = typer.Option(True, help="Write the PNG plot beside the report."),
@@ -293,7 +295,7 @@ def sim_speed(
     trace: Path | None = typer.Option(None, help="Default: the shared azure2023_conv.csv."),
     cost_model: Path | None = typer.Option(None, help="Default: the RTX PRO 6000 tables."),
     num_layers: int = typer.Option(32),
-    kv_cache_tokens: int = typer.Option(520_000),
+    kv_cache_tokens: int = typer.Option(RTX_PRO_6000_KV_TOKENS_EARLIER),
     output: Output = Path("reports/sim_speed.json"),
 ) -> None:
     """Replay the whole Azure 2023 conv trace on one simulated worker: wall and CPU time."""
@@ -305,10 +307,10 @@ def sim_speed(
 
     trace = trace or shared_dir() / "traces" / "azure2023_conv.csv"
     latency = load_cost_model(cost_model or shared_dir() / RTX_PRO_6000_TABLES, num_layers)
-    engine = EngineConfig(256, 2048, kv_cache_tokens, 16)
+    engine = EngineConfig(kv_cache_tokens=kv_cache_tokens)
     report = speed_benchmark(trace, latency, engine)
-    report["engine"] = {"max_num_seqs": 256, "max_num_batched_tokens": 2048,
-                        "kv_cache_tokens": kv_cache_tokens, "block_size": 16}
+    report["engine"] = {name: getattr(engine, name) for name in (
+        "max_num_seqs", "max_num_batched_tokens", "kv_cache_tokens", "block_size")}
     write_json_report(output, report)
     _echo_json({k: v for k, v in report.items() if k != "summary"})
 

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 
 from lengthwise.bench.edt_workload import DOLLY_CATEGORIES, ChatJob, dolly_tasks, run_chat_jobs
+from lengthwise.common.edt_params import DEFAULT_N, N_KEY, THETA_KEY
 
 TARGET_RATIO = 0.95
 
@@ -27,7 +28,7 @@ class CostConfig:
     concurrency: int = 32
     temperature: float = 1.0
     theta: float = 1.0
-    n: float = 0.8
+    n: float = DEFAULT_N
     rounds: int = 2
     seed: int = 0
 
@@ -35,7 +36,7 @@ class CostConfig:
 async def _arm(base_url: str, model: str, cfg: CostConfig, prompts: list[str], edt: bool) -> dict:
     extra: dict = {"ignore_eos": True}
     if edt:
-        extra["vllm_xargs"] = {"edt_theta": cfg.theta, "edt_n": cfg.n}
+        extra["vllm_xargs"] = {THETA_KEY: cfg.theta, N_KEY: cfg.n}
     jobs = [
         ChatJob(p, cfg.max_tokens, cfg.temperature, seed=cfg.seed + i, extra=extra)
         for i, p in enumerate(prompts)

@@ -20,8 +20,8 @@ from pathlib import Path
 
 from lengthwise.bench.edt_metrics import SettingScores, score_setting
 from lengthwise.bench.edt_workload import ChatJob, Task, dolly_tasks, run_chat_jobs
+from lengthwise.common.edt_params import DEFAULT_N, N_KEY, THETA_KEY, make_params
 from lengthwise.common.files import write_json_report
-from lengthwise.worker.edt.params import DEFAULT_N, make_params
 
 DEFAULT_FIXED_TEMPERATURES = (0.3, 0.7, 1.0, 1.3)
 DEFAULT_EDT_T0 = (1.0, 1.3)
@@ -43,7 +43,7 @@ class Setting:
         if not self.is_edt:
             return {}
         make_params(self.theta, self.n)  # refuse a bad grid before sending anything
-        return {"vllm_xargs": {"edt_theta": self.theta, "edt_n": self.n}}
+        return {"vllm_xargs": {THETA_KEY: self.theta, N_KEY: self.n}}
 
 
 def build_grid(

@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 
 from lengthwise.bench.gateway_process import NO_TIMEOUTS, GatewayProcess
+from lengthwise.common.cpu_worker import LIVE_BENCH_TEMPERATURE, LIVE_BENCH_TOP_P
 from lengthwise.common.files import write_json_report
 from lengthwise.common.paths import shared_dir
 from lengthwise.worker.process import free_port
@@ -40,8 +41,8 @@ class Workload:
     arrivals: str = "poisson"
     rate_per_s: float = 2.0
     max_tokens: int = 256
-    temperature: float = 0.7
-    top_p: float = 0.95
+    temperature: float = LIVE_BENCH_TEMPERATURE
+    top_p: float = LIVE_BENCH_TOP_P
     seed: int = 1234
     #: gateway admission limit (sequences in flight on the worker)
     #: a hand-set gateway cap (``None``: the gateway's default admission)

@@ -336,8 +336,7 @@ def measure(settings: PeerSettings, output: Path, *, worker: str | None = None,
     with contextlib.ExitStack() as stack:
         if worker_kv_blocks is not None:
             worker, _ = stack.enter_context(worker_for(
-                None, None, say=log,
-                extra_args=("--num-gpu-blocks-override", str(worker_kv_blocks))))
+                None, None, say=log, num_gpu_blocks=worker_kv_blocks))
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(
             prefix="lengthwise-peer-")))
         worker_port = None if worker else free_port()

@@ -1,7 +1,9 @@
 """Start, watch and stop one local vLLM CPU worker as a child process.
 
-Used by ``lengthwise serve`` (the default single local worker) and by the test
-suite's session fixture. The worker is vLLM's own OpenAI server
+``WorkerConfig`` holds every setting of a worker and builds its vLLM command line;
+``local_worker`` is the one way to start (and optionally supervise) the local SmolLM2
+worker, used by ``lengthwise serve``, ``lengthwise worker`` (``run_supervised``) and the
+benchmarks (``worker_for``, which reuses a running worker when given its URL). The worker is vLLM's own OpenAI server
 (``python -m vllm.entrypoints.openai.api_server``: the ``vllm`` console script
 does not start on this CPU build), run in its own process group so that
 stopping it also stops the engine-core process vLLM forks.
@@ -18,7 +20,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +36,11 @@ EDT_LOGITS_PROCESSOR_V1 = "lengthwise.worker.edt.vllm_v1:EntropyDynamicTemperatu
 EDT_LOGITS_PROCESSOR_MRV2 = "lengthwise.worker.edt.vllm_mrv2:EntropyDynamicTemperatureLogitsProcessorV2"
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+
+#: vLLM's default ``--max-num-batched-tokens`` (its per-step token budget).
+VLLM_DEFAULT_BATCHED_TOKENS = 2048
+#: Start-up allowance of a worker that compiles graphs (``enforce_eager=False``).
+COMPILED_STARTUP_TIMEOUT_S = 600.0
 
 
 class WorkerStartError(RuntimeError):
@@ -60,6 +67,12 @@ class WorkerConfig:
     """Upper bound on concurrently decoded sequences inside the worker."""
     kv_cache_space_gib: int = 2
     """``VLLM_CPU_KVCACHE_SPACE``: CPU memory reserved for the KV cache."""
+    num_gpu_blocks: int | None = None
+    """``--num-gpu-blocks-override``: this many KV blocks (``CPU_BLOCK_SIZE`` tokens each
+    on CPU) instead of what ``kv_cache_space_gib`` holds, for a memory-bound worker."""
+    prefix_caching: bool = True
+    """vLLM's prefix caching (its default); benchmarks that replay the same prompts in
+    several arms turn it off so no arm finds the cache warm."""
     omp_threads_bind: str = "nobind"
     """``VLLM_CPU_OMP_THREADS_BIND``: ``nobind`` leaves threads unpinned so the
     worker shares a small machine with the gateway; ``auto`` or a CPU list
@@ -83,6 +96,8 @@ class WorkerConfig:
     log_path: Path | None = None
     """Where the worker's stdout/stderr go; a temporary file when ``None``."""
     startup_timeout_s: float = 240.0
+    """Time allowed to become healthy; graph compilation (``enforce_eager=False``) needs
+    ``COMPILED_STARTUP_TIMEOUT_S``."""
     extra_env: dict[str, str] = field(default_factory=dict)
     edt_metrics_port: int | None = None
     """Where the EDT processor serves ``lengthwise_edt_applied_temperature``
@@ -91,6 +106,15 @@ class WorkerConfig:
     @property
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def max_num_batched_tokens(self) -> int | None:
+        """``--max-num-batched-tokens``: with chunked prefill off, vLLM's default per-step
+        budget raised to ``max_model_len`` (so any admissible prompt prefills in one
+        step); ``None`` leaves vLLM's own."""
+        if self.chunked_prefill:
+            return None
+        return max(self.max_model_len, VLLM_DEFAULT_BATCHED_TOKENS)
 
     @property
     def edt_metrics_url(self) -> str | None:
@@ -127,12 +151,16 @@ class WorkerConfig:
             cmd += [
                 "--no-enable-chunked-prefill",
                 "--max-num-batched-tokens",
-                str(max(self.max_model_len, 2048)),
+                str(self.max_num_batched_tokens),
             ]
         if self.logits_processors:
             cmd += ["--logits-processors", *self.logits_processors]
         if self.additional_config:
             cmd += ["--additional-config", json.dumps(self.additional_config)]
+        if not self.prefix_caching:
+            cmd.append("--no-enable-prefix-caching")
+        if self.num_gpu_blocks is not None:
+            cmd += ["--num-gpu-blocks-override", str(self.num_gpu_blocks)]
         cmd += list(self.extra_args)
         return cmd
 
@@ -288,27 +316,63 @@ class WorkerProcess:
         self.stop()
 
 
-def run_supervised(config: WorkerConfig, *, say=print) -> None:
-    """Run one worker in the foreground until SIGTERM or Ctrl-C; restart it if it dies or
-    stops answering (``lengthwise.worker.supervisor``), so a long-lived development or
-    benchmark worker stays available."""
-    from lengthwise.worker.supervisor import WorkerSupervisor
+def local_worker_config(**settings: Any) -> WorkerConfig:
+    """``WorkerConfig`` of the local SmolLM2 worker (converted once, see
+    ``lengthwise.worker.local_model``) with ``settings`` (``WorkerConfig`` fields); no
+    ``port`` (or 0) picks a free one."""
+    from lengthwise.worker.local_model import prepare_local_model
 
+    local = prepare_local_model()
+    port = settings.pop("port", None) or free_port()
+    return WorkerConfig(model_path=local.path, served_model_name=local.name, port=port,
+                        **settings)
+
+
+@contextmanager
+def local_worker(*, say=print, supervised: bool = False,
+                 on_restart: Callable[[str], None] | None = None,
+                 **settings: Any) -> Iterator[WorkerProcess]:
+    """Start the local vLLM CPU worker (``local_worker_config(**settings)``) for the block
+    and stop it after: the one way ``lengthwise serve``, ``lengthwise worker`` and the
+    benchmarks start a worker. ``supervised``: a ``WorkerSupervisor`` restarts it whenever
+    it dies or stops answering, calling ``on_restart(reason)``. Raises
+    ``WorkerStartError`` if it does not come up."""
+    config = local_worker_config(**settings)
+    worker = WorkerProcess(config)
+    say(f"starting a local vLLM CPU worker on {config.base_url} (about a minute); EDT "
+        f"temperature metrics at {config.edt_metrics_url or 'off'} ...")
+    supervisor = None
+    try:
+        worker.start()
+        if supervised:
+            from lengthwise.worker.supervisor import WorkerSupervisor
+
+            supervisor = WorkerSupervisor(
+                worker, on_restart=on_restart or (lambda _reason: None))
+            supervisor.start()
+        yield worker
+    finally:
+        if supervisor is not None:
+            supervisor.stop()  # stops the worker too, also one being restarted
+        else:
+            worker.stop()
+
+
+def run_supervised(*, say=print, **settings: Any) -> None:
+    """Run the local worker (``settings``: ``WorkerConfig`` fields) in the foreground until
+    SIGTERM or Ctrl-C; restart it if it dies or stops answering
+    (``lengthwise.worker.supervisor``), so a long-lived development or benchmark worker
+    stays available."""
     stop_signals = {signal.SIGINT, signal.SIGTERM}
     # Block first so a signal arriving during start-up is not lost.
     signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
-    worker = WorkerProcess(config)
-    supervisor = WorkerSupervisor(
-        worker, on_restart=lambda reason: say(f"vLLM worker {reason}; restarting"))
-    try:
-        worker.start()
-        say(f"ready {worker.base_url}: vLLM worker {config.served_model_name} (pid "
+    with local_worker(say=say, supervised=True,
+                      on_restart=lambda reason: say(f"vLLM worker {reason}; restarting"),
+                      **settings) as worker:
+        say(f"ready {worker.base_url}: vLLM worker {worker.config.served_model_name} (pid "
             f"{worker.pid}, log {worker.log_path}); EDT metrics at "
-            f"{config.edt_metrics_url or 'off'}")
-        supervisor.start()
+            f"{worker.config.edt_metrics_url or 'off'}")
         signal.sigwait(stop_signals)
-    finally:
-        supervisor.stop()  # stops the worker too
 
 
 def served_model(base_url: str, timeout_s: float = 10.0) -> str:
@@ -319,20 +383,13 @@ def served_model(base_url: str, timeout_s: float = 10.0) -> str:
 
 @contextmanager
 def worker_for(url: str | None, model: str | None = None, *, say=print,
-               **config: Any) -> Iterator[tuple[str, str]]:
-    """``(base_url, served model)`` of a running worker (``url``), or of a local vLLM CPU
-    worker started for the block with ``config`` (``WorkerConfig`` fields) and stopped after.
-
-    The one place that decides "reuse or start a worker" for benchmarks and tools."""
+               **settings: Any) -> Iterator[tuple[str, str]]:
+    """``(base_url, served model)`` of a running worker (``url``), or of the local worker
+    started for the block with ``settings`` (``WorkerConfig`` fields, see
+    ``local_worker``) and stopped after: what every benchmark calls."""
     if url:
         url = url.rstrip("/")
         yield url, model or served_model(url)
         return
-    from lengthwise.worker.local_model import prepare_local_model
-
-    local = prepare_local_model()
-    settings = WorkerConfig(model_path=local.path, served_model_name=local.name,
-                            port=config.pop("port", None) or free_port(), **config)
-    say(f"starting a local vLLM CPU worker on {settings.base_url} (about a minute) ...")
-    with WorkerProcess(settings) as worker:
-        yield worker.base_url, settings.served_model_name
+    with local_worker(say=say, **settings) as worker:
+        yield worker.base_url, worker.config.served_model_name

@@ -102,3 +102,38 @@ def test_restarts_back_off(tmp_path):
         assert times[2] - times[0] >= 0.45, times
     finally:
         supervisor.stop()
+
+
+def test_local_worker_starts_supervises_and_stops_the_one_worker(tmp_path, monkeypatch):
+    """``local_worker`` (what ``serve``, ``lengthwise worker`` and the benchmarks use):
+    supervised, a killed worker comes back; leaving the block stops it."""
+    from lengthwise.worker import process
+
+    made: list[WorkerConfig] = []
+
+    def standin_config(**settings) -> WorkerConfig:
+        settings.pop("port", None)
+        made.append(StandinWorkerConfig(model_path=Path("unused"), port=free_port(),
+                                        log_path=tmp_path / "worker.log",
+                                        startup_timeout_s=30, **settings))
+        return made[-1]
+
+    monkeypatch.setattr(process, "local_worker_config", standin_config)
+    reasons: list[str] = []
+    with process.local_worker(say=lambda _line: None, supervised=True,
+                              on_restart=reasons.append, max_num_seqs=16) as worker:
+        assert made[0].max_num_seqs == 16 and is_healthy(worker.base_url)
+        os.killpg(worker.pid, signal.SIGKILL)
+        assert wait_until(lambda: reasons and is_healthy(worker.base_url), timeout_s=30)
+    assert reasons[0] == "exited" and not worker.running()
+    assert not is_healthy(worker.base_url, timeout_s=0.5)
+
+
+def test_worker_settings_become_vllm_flags() -> None:
+    plain = WorkerConfig(model_path=Path("m")).command()
+    assert "--no-enable-prefix-caching" not in plain
+    assert "--num-gpu-blocks-override" not in plain
+    cmd = WorkerConfig(model_path=Path("m"), prefix_caching=False, num_gpu_blocks=300,
+                       extra_args=("--seed", "1")).command()
+    assert cmd[-5:] == ["--no-enable-prefix-caching", "--num-gpu-blocks-override", "300",
+                        "--seed", "1"]

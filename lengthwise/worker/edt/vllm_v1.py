@@ -38,8 +38,8 @@ from vllm.v1.sample.logits_processor import (
     MoveDirectionality,
 )
 
+from lengthwise.common.edt_params import default_from_additional_config, request_params
 from lengthwise.worker.edt.formula import applied_temperature, apply_edt_, entropy_nats
-from lengthwise.worker.edt.params import default_from_additional_config, request_params
 from lengthwise.worker.edt.temperature_metrics import process_histogram
 
 if TYPE_CHECKING:
