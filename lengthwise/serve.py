@@ -42,46 +42,22 @@ def serve(
     """Serve the OpenAI-compatible gateway."""
     from prometheus_client import CollectorRegistry
 
-    from predictor.api import PredictorNotAvailable
-    from server.app import create_app, default_predictor
-    from server.config import describe_settings, load_config
+    from server.app import create_app
+    from server.config import describe_settings
     from server.shutdown import serve_app
 
     if help_config:
         typer.echo(describe_settings())
         raise typer.Exit(0)
     configure_logging(log_level)
-    overrides = {
+    cfg = _settings(config, {
         "host": host, "port": port, "workers": worker or None, "policy": policy,
         "max_sequences_per_worker": max_sequences_per_worker, "queue_capacity": queue_capacity,
         "api_keys": api_key or None, "request_log_path": request_log,
         "predictor_dir": predictor_dir,
-    }
-    try:
-        cfg = load_config(config, overrides)
-    except (ValueError, OSError) as exc:  # pydantic's ValidationError is a ValueError
-        typer.echo(f"error: invalid settings: {exc}", err=True)
-        raise typer.Exit(2) from None
-    if cfg.rate_limit_redis_url is not None and (
-            cfg.rate_limit_requests_per_min or cfg.rate_limit_tokens_per_min):
-        from server.rate_limit_redis import RateLimitStoreUnavailable, check_reachable
-
-        try:
-            check_reachable(cfg.rate_limit_redis_url.get_secret_value())
-        except RateLimitStoreUnavailable as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from None
+    })
     # First, so a predictor that cannot be served stops us before a worker is started.
-    typer.echo("Loading the length predictor ...")
-    try:
-        predictor = default_predictor(cfg)
-        if cfg.second_stage:
-            from server.gateway import load_required_second_stage
-
-            load_required_second_stage(cfg)
-    except PredictorNotAvailable as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+    predictor = _predictor(cfg)
     registry = CollectorRegistry()
     with contextlib.ExitStack() as stack:
         local = None
@@ -102,6 +78,46 @@ def serve(
             typer.echo(f"Model: {local.config.served_model_name}")
         # SIGTERM drains (503 to new requests, in-flight ones finish), then exits 0.
         serve_app(application, cfg, log_level=log_level)
+
+
+def _settings(config: Path | None, overrides: dict):
+    """The settings, checked (a shared rate-limit store must answer); exits 2 if not."""
+    from server.config import load_config
+
+    try:
+        cfg = load_config(config, overrides)
+    except (ValueError, OSError) as exc:  # pydantic's ValidationError is a ValueError
+        typer.echo(f"error: invalid settings: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if cfg.rate_limit_redis_url is not None and (
+            cfg.rate_limit_requests_per_min or cfg.rate_limit_tokens_per_min):
+        from server.rate_limit_redis import RateLimitStoreUnavailable, check_reachable
+
+        try:
+            check_reachable(cfg.rate_limit_redis_url.get_secret_value())
+        except RateLimitStoreUnavailable as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+    return cfg
+
+
+def _predictor(cfg):
+    """The length predictor the settings name (and their second stage, if on); exits 2
+    with a one-line reason if it cannot be served."""
+    from predictor.api import PredictorNotAvailable
+    from server.app import default_predictor
+
+    typer.echo("Loading the length predictor ...")
+    try:
+        predictor = default_predictor(cfg)
+        if cfg.second_stage:
+            from server.gateway import load_required_second_stage
+
+            load_required_second_stage(cfg)
+    except PredictorNotAvailable as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    return predictor
 
 
 def configure_logging(level: str) -> None:
