@@ -19,6 +19,7 @@ from typing import Annotated
 import typer
 from typer.core import TyperGroup
 
+from lengthwise.common.paths import report_path
 from server.policy import PointEstimate, PolicyConfig, PolicyName
 
 from .predictions import PredictionSource
@@ -250,9 +251,10 @@ def fit_cost_model(
 
 @app.command("calibrate")
 def calibrate(
-    worker: Annotated[str, typer.Option(help="Base URL of a live vLLM OpenAI server")],
-    output: Annotated[Path, typer.Option(help="Linear model .json to write")] = Path(
-        "reports/sim_calibration_cpu.json"),
+    worker: Annotated[str, typer.Option(
+        help="A running vLLM worker's base URL; required (calibration measures that worker)")],
+    output: Annotated[Path, typer.Option(help="Linear model .json to write")] = report_path(
+        "sim_calibration_cpu.json"),
     model: Annotated[str | None, typer.Option(help="Served model name (default: first listed)")] = None,
     batch_sizes: Annotated[str, typer.Option()] = "1,4,8,16",
     prompt_tokens: Annotated[str, typer.Option()] = "32,256,768",
@@ -302,8 +304,9 @@ class ArrivalsChoice(StrEnum):
 @app.command("fidelity")
 def fidelity(
     logs: Annotated[list[Path], typer.Argument(
-        help="Gateway request logs of a live run, one per arm (bench live writes "
-             "$TMPDIR/lengthwise-bench/gateway_{fcfs,sjf}.requests.jsonl)")],
+        help="Gateway request logs of a live run, one per arm (bench live --output "
+             "reports/live_bench.json writes reports/live_bench.logs/"
+             "gateway_{fcfs,sjf}.requests.jsonl)")],
     cost_model: Annotated[Path, typer.Option(
         help="Step model from `simulate calibrate` on the same worker")],
     num_layers: Annotated[int | None, typer.Option(help="Only for operator tables")] = None,
@@ -340,7 +343,8 @@ def fidelity(
         help="Also replay the first log under fcfs, sjf-aged (logged predictions) and "
              "sjf-aged with the true lengths (oracle) at these gateway admission limits, "
              "e.g. '16,8,4': how much ordering can buy on this workload")] = None,
-    output: Annotated[Path, typer.Option()] = Path("reports/sim_fidelity_live.json"),
+    output: Annotated[Path, typer.Option(help="JSON report")] = report_path(
+        "sim_fidelity_live.json"),
     strict: Annotated[bool, typer.Option(help="Exit 1 when an arm misses the tolerance")] = False,
 ) -> None:
     """Replay a live run's gateway logs through the simulator; compare E2E and TTFT."""
@@ -394,7 +398,8 @@ def fidelity_vllm(
     kv_cache_tokens: Annotated[int | None, typer.Option(
         help="KV cache size vLLM logged (default: the run's record, else an estimate)")] = None,
     ablation: Annotated[bool, typer.Option(help="Also replay without each engine-model piece")] = True,
-    output: Annotated[Path, typer.Option()] = Path("reports/sim_fidelity_vllm.json"),
+    output: Annotated[Path, typer.Option(help="JSON report")] = report_path(
+        "sim_fidelity_vllm.json"),
     strict: Annotated[bool, typer.Option(help="Exit 1 when a mean misses the tolerance")] = False,
 ) -> None:
     """Replay a real vLLM run on its GPU's operator tables; compare mean TTFT, E2E and TPOT."""
@@ -434,7 +439,7 @@ def regimes(
         help="Extra gateway admission arms, e.g. 'kv_budget=2;kv_budget=3,engine_queue=8'")] = None,
     output: Annotated[Path, typer.Option(
         help="JSON report; the table (.md) and heatmaps (<stem>_<figure>.png) go beside it")
-    ] = Path("reports/regime_map.json"),
+    ] = report_path("regime_map.json"),
     plot: Annotated[bool, typer.Option(
         "--plot/--no-plot", help="Write the heatmap PNGs beside --output")] = True,
 ) -> None:
