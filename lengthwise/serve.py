@@ -16,7 +16,7 @@ def serve(
     host: str | None = typer.Option(None, help="Listen address (default 127.0.0.1)."),
     port: int | None = typer.Option(None, help="Listen port (default 8000)."),
     worker: list[str] | None = typer.Option(
-        None, "--worker", help="Base URL of a running vLLM server; repeat for several. "
+        None, "--worker", help="A running vLLM worker's base URL; repeat for several. "
         "Without any (here, in the config file or LENGTHWISE_WORKERS), a local vLLM CPU "
         "worker serving SmolLM2-135M-Instruct is started.",
     ),

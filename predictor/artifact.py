@@ -185,16 +185,17 @@ def ensure_trained(source: Path | str | None = None, directory: Path | None = No
                    params: TrainParams | None = None) -> Path:
     """The artifact directory, trained first if missing, stale in version, or on other data.
 
-    With no CASTILLO reachable, an existing artifact is used as it is.
+    With no CASTILLO reachable, or no ``[train]`` extra to read it with, an existing
+    artifact is used as it is.
     """
-    from predictor.loader import load_castillo
-
     directory = Path(directory or default_artifact_dir())
     with _training_lock(directory):
         meta = read_meta(directory)
         try:
+            from predictor.loader import load_castillo  # pandas: the [train] extra
+
             frame = load_castillo(source)
-        except CastilloDataError:
+        except (CastilloDataError, ImportError):
             if meta is not None:
                 return directory
             raise

@@ -62,7 +62,7 @@ def ensure(
 @app.command("eval")
 def evaluate_command(
     data: Annotated[Path, typer.Option(help="CASTILLO-schema parquet/JSON file or folder")],
-    output: Annotated[Path, typer.Option(help="where to write the figures")],
+    output: Annotated[Path, typer.Option(help="JSON report to write (the evaluation figures)")],
     split: Annotated[Split, typer.Option(help="'holdout': only the rows of the default artifact's held-out prompt group")] = Split.all,
     artifact: Annotated[Path | None, typer.Option(help="artifact directory (default: the default artifact, trained first if missing)")] = None,
     drop_degenerate: Annotated[bool, typer.Option(help="also drop the paper's degenerate rows from the evaluation rows")] = False,
@@ -110,16 +110,19 @@ def predict(
     model: Annotated[str, typer.Option(help="served model name")],
     max_tokens: Annotated[int | None, typer.Option(help="the request's max_tokens (caps the prediction)")] = None,
     messages: Annotated[bool, typer.Option(help="PROMPT is a JSON list of chat messages")] = False,
-    artifact: Annotated[Path | None, typer.Option(help="artifact directory (default: trained if missing)")] = None,
+    artifact: Annotated[Path | None, typer.Option(help="artifact directory (default: the one `lengthwise serve` serves, trained if missing)")] = None,
 ) -> None:
     """Predict one request's completion length; prints JSON."""
     from dataclasses import asdict
 
-    from predictor.api import CastilloLengthPredictor, load_default_predictor
+    from predictor.api import PredictorNotAvailable, load_served_predictor
     from predictor.errors import PredictorInputError
 
-    predictor = (CastilloLengthPredictor.from_directory(artifact) if artifact
-                 else load_default_predictor())
+    try:  # the gateway's own loading: an existing artifact needs no training extra
+        predictor = load_served_predictor(artifact)
+    except PredictorNotAvailable as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
     try:
         payload = json.loads(prompt) if messages else prompt
         prediction = predictor.predict(payload, model, max_tokens)

@@ -11,7 +11,6 @@ request logs and compares latencies.
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import replace
 from enum import StrEnum
 from pathlib import Path
@@ -21,6 +20,7 @@ import typer
 from typer.core import TyperGroup
 
 from lengthwise.common.cpu_worker import LIVE_BENCH_TEMPERATURE, LIVE_BENCH_TOP_P
+from lengthwise.common.paths import report_path
 from server.policy import PointEstimate, PolicyConfig, PolicyName
 
 from .latency import RTX_4090_KV_TOKENS, RTX_PRO_6000_KV_TOKENS
@@ -93,7 +93,11 @@ def run(
         rich_help_panel=_ENGINE)] = _DEFAULT_ENGINE.async_scheduling,
     max_model_len: Annotated[int | None, typer.Option(
         help="Longest prompt+output accepted", rich_help_panel=_ENGINE)] = None,
-    workers: Annotated[int, typer.Option(rich_help_panel=_ENGINE)] = 1,
+    engines: Annotated[int, typer.Option(
+        "--engines", help="Simulated vLLM engines (replicas) behind the gateway",
+        rich_help_panel=_ENGINE)] = 1,
+    workers_deprecated: Annotated[int | None, typer.Option(
+        "--workers", hidden=True, help="Deprecated name of --engines")] = None,
     engine_queue: Annotated[EngineQueueChoice, typer.Option(
         help="vLLM --scheduling-policy; auto = fcfs for --policy fcfs, else priority",
         rich_help_panel=_ENGINE)] = EngineQueueChoice.AUTO,
@@ -141,17 +145,24 @@ def run(
     sweep_predictions: Annotated[str, typer.Option(
         help="--sweep-rate: prediction sources of the non-fcfs policies",
         rich_help_panel=_SWEEP)] = "predictor,oracle",
-    plot: Annotated[Path | None, typer.Option(
-        help="--sweep-rate: latency-vs-load PNG", rich_help_panel=_SWEEP)] = None,
+    plot: Annotated[bool, typer.Option(
+        "--plot/--no-plot", help="--sweep-rate: write the latency-vs-load PNG beside --output",
+        rich_help_panel=_SWEEP)] = False,
     progress: Annotated[bool | None, typer.Option(help="Progress bar (default: long runs)")] = None,
 ) -> None:
     """Replay TRACE through the gateway policy and vLLM-like engines."""
+    if workers_deprecated is not None:
+        typer.echo("--workers is deprecated: it is --engines (a count of simulated engines; "
+                   "the gateway's `workers` setting lists URLs)", err=True)
+        engines = workers_deprecated
+    if plot and not (sweep_rate and output):
+        _fail("--plot needs --sweep-rate and --output (the PNG goes beside the JSON)")
     try:
         engine = EngineOptions(
             cost_model, num_layers, step_overhead_ms,
             EngineConfig(max_num_seqs, max_num_batched_tokens, kv_cache_tokens, block_size,
                          prefix_caching=prefix_caching, async_scheduling=async_scheduling),
-            engine_queue, max_model_len, workers)
+            engine_queue, max_model_len, engines)
         workload = WorkloadOptions(trace, limit, castillo_data, castillo_all_prompts,
                                    castillo_model, num_requests, rate, arrival_trace, seed)
         gateway = GatewayOptions(policy, predictions, point_estimate, aging_s_per_token,
@@ -176,14 +187,17 @@ def run(
         _fail(str(exc))
 
 
-def _write_sweep(report: dict, output: Path | None, plot: Path | None) -> None:
+def _write_sweep(report: dict, output: Path | None, plot: bool) -> None:
+    from lengthwise.common.extras import plotting_available
+
     from .report import write_json
     from .sweep import plot_sweep
 
     if output:
         write_json(report, output)
-    if plot:
-        plot_sweep(report, plot)
+    if output and plot and plotting_available(lambda line: typer.echo(line, err=True)):
+        plot_sweep(report, output.with_suffix(".png"))
+        typer.echo(f"wrote {output.with_suffix('.png')}", err=True)
     typer.echo(json.dumps({k: v for k, v in report.items() if k != "policies"}, indent=2))
 
 
@@ -195,9 +209,9 @@ def _run_one(requests, engine, gateway, latency, cache, output, per_request, sho
     hook = None
     bar = None
     if show_progress:
-        from tqdm import tqdm
+        from lengthwise.common.extras import progress_bar
 
-        bar = tqdm(total=len(requests), unit="req", file=sys.stderr, desc="simulating")
+        bar = progress_bar(len(requests), "simulating", unit="req")
 
         def hook(done: int, _now: float) -> None:
             bar.update(done - bar.n)
@@ -239,9 +253,10 @@ def fit_cost_model(
 
 @app.command("calibrate")
 def calibrate(
-    worker: Annotated[str, typer.Option(help="Base URL of a live vLLM OpenAI server")],
-    output: Annotated[Path, typer.Option(help="Linear model .json to write")] = Path(
-        "reports/sim_calibration_cpu.json"),
+    worker: Annotated[str, typer.Option(
+        help="A running vLLM worker's base URL; required (calibration measures that worker)")],
+    output: Annotated[Path, typer.Option(help="Linear model .json to write")] = report_path(
+        "sim_calibration_cpu.json"),
     model: Annotated[str | None, typer.Option(help="Served model name (default: first listed)")] = None,
     batch_sizes: Annotated[str, typer.Option()] = "1,4,8,16",
     prompt_tokens: Annotated[str, typer.Option()] = "32,256,768",
@@ -292,8 +307,9 @@ class ArrivalsChoice(StrEnum):
 @app.command("fidelity")
 def fidelity(
     logs: Annotated[list[Path], typer.Argument(
-        help="Gateway request logs of a live run, one per arm (bench live writes "
-             "$TMPDIR/lengthwise-bench/gateway_{fcfs,sjf}.requests.jsonl)")],
+        help="Gateway request logs of a live run, one per arm (bench live --output "
+             "reports/live_bench.json writes reports/live_bench.logs/"
+             "gateway_{fcfs,sjf}.requests.jsonl)")],
     cost_model: Annotated[Path, typer.Option(
         help="Step model from `simulate calibrate` on the same worker")],
     num_layers: Annotated[int | None, typer.Option(help="Only for operator tables")] = None,
@@ -330,7 +346,8 @@ def fidelity(
         help="Also replay the first log under fcfs, sjf-aged (logged predictions) and "
              "sjf-aged with the true lengths (oracle) at these gateway admission limits, "
              "e.g. '16,8,4': how much ordering can buy on this workload")] = None,
-    output: Annotated[Path, typer.Option()] = Path("reports/sim_fidelity_live.json"),
+    output: Annotated[Path, typer.Option(help="JSON report")] = report_path(
+        "sim_fidelity_live.json"),
     strict: Annotated[bool, typer.Option(help="Exit 1 when an arm misses the tolerance")] = False,
 ) -> None:
     """Replay a live run's gateway logs through the simulator; compare E2E and TTFT."""
@@ -384,7 +401,8 @@ def fidelity_vllm(
     kv_cache_tokens: Annotated[int | None, typer.Option(
         help="KV cache size vLLM logged (default: the run's record, else an estimate)")] = None,
     ablation: Annotated[bool, typer.Option(help="Also replay without each engine-model piece")] = True,
-    output: Annotated[Path, typer.Option()] = Path("reports/sim_fidelity_vllm.json"),
+    output: Annotated[Path, typer.Option(help="JSON report")] = report_path(
+        "sim_fidelity_vllm.json"),
     strict: Annotated[bool, typer.Option(help="Exit 1 when a mean misses the tolerance")] = False,
 ) -> None:
     """Replay a real vLLM run on its GPU's operator tables; compare mean TTFT, E2E and TPOT."""
@@ -423,8 +441,10 @@ def regimes(
     variants: Annotated[str | None, typer.Option(
         help="Extra gateway admission arms, e.g. 'kv_budget=2;kv_budget=3,engine_queue=8'")] = None,
     output: Annotated[Path, typer.Option(
-        help="JSON report; heatmaps (<stem>_<figure>.png) and the table (.md) go beside it")
-    ] = Path("reports/regime_map.json"),
+        help="JSON report; the table (.md) and heatmaps (<stem>_<figure>.png) go beside it")
+    ] = report_path("regime_map.json"),
+    plot: Annotated[bool, typer.Option(
+        "--plot/--no-plot", help="Write the heatmap PNGs beside --output")] = True,
 ) -> None:
     """The regime map: plain vLLM vs the default gateway vs the oracle, by GPU, workload, load."""
     from lengthwise.common.paths import shared_dir
@@ -465,7 +485,7 @@ def regimes(
                           predictor, known, progress=lambda line: typer.echo(line, err=True))
     report = runner.run()
     report["predictor_version"] = getattr(predictor, "version", None)
-    for path in write_outputs(report, output):
+    for path in write_outputs(report, output, plot, say=lambda line: typer.echo(line, err=True)):
         typer.echo(f"wrote {path}")
     worst = worst_throughput(report)
     if worst:

@@ -31,12 +31,6 @@ RTX_PRO_6000_TABLES = "costmodels/llmservingsim_rtxpro6000_llama31_8b"
 #: KV cache of that card with Llama-3.1-8B, in tokens, as measured (about 480k): the
 #: regime map's roomy GPU.
 RTX_PRO_6000_KV_TOKENS = 480_000
-#: The same card's KV cache as ``lengthwise bench sim-speed`` and the CASTILLO ordering
-#: ceiling (``bench ceiling --castillo``) give it: an earlier, larger figure (8 % above the
-#: measured one) that their committed reports (``reports/sim_speed.json``,
-#: ``reports/sjf_ceiling_castillo_llama31_8b.json``) were made with. Kept apart from
-#: ``RTX_PRO_6000_KV_TOKENS`` so those reports regenerate with the same figures.
-RTX_PRO_6000_KV_TOKENS_EARLIER = 520_000
 #: KV cache of a 24 GB card with the same model, in tokens, as the RTX 4090 run logged:
 #: the regime map's memory-bound GPU.
 RTX_4090_KV_TOKENS = 41_408

@@ -566,14 +566,17 @@ def worst_throughput(report: dict, arm: str = "gateway") -> dict | None:
     return worst
 
 
-def write_outputs(report: dict, output: Path) -> list[Path]:
-    """The JSON report, one heatmap per figure beside it, and the markdown table."""
+def write_outputs(report: dict, output: Path, plot: bool = True,
+                  say=print) -> list[Path]:
+    """The JSON report, the markdown table beside it and, with ``plot`` (and matplotlib, the
+    ``bench`` extra; without it ``say`` gets a one-line notice), one heatmap per figure."""
+    from lengthwise.common.extras import plotting_available
     from lengthwise.common.files import write_json_report
 
     output.parent.mkdir(parents=True, exist_ok=True)
     report["worst_gateway_throughput"] = worst_throughput(report)
     stem = output.with_suffix("")
-    figures = plot_heatmaps(report, stem)
+    figures = plot_heatmaps(report, stem) if plot and plotting_available(say) else []
     table = output.with_suffix(".md")
     table.write_text(markdown_table(report), encoding="utf-8")
     report["figures"] = [str(p) for p in figures]

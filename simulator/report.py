@@ -147,15 +147,24 @@ def write_json(summary: dict, path: str | Path) -> None:
 
 
 def write_per_request(result: SimResult, path: str | Path) -> None:
-    """CSV or Parquet, chosen by the extension."""
+    """CSV (core install) or Parquet (pandas and pyarrow: the ``train`` extra), chosen by
+    the extension."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".parquet"):
+        raise ValueError(f"{path}: per-request output must end in .csv or .parquet")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = per_request_rows(result)
+    if suffix == ".csv":
+        import csv
+
+        with path.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(PER_REQUEST_COLUMNS),
+                                    extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows({k: ("" if v is None else v) for k, v in row.items()}
+                             for row in rows)
+        return
     import pandas as pd
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frame = pd.DataFrame(per_request_rows(result), columns=list(PER_REQUEST_COLUMNS))
-    if path.suffix.lower() == ".parquet":
-        frame.to_parquet(path, index=False)
-    elif path.suffix.lower() == ".csv":
-        frame.to_csv(path, index=False)
-    else:
-        raise ValueError(f"{path}: per-request output must end in .csv or .parquet")
+    pd.DataFrame(rows, columns=list(PER_REQUEST_COLUMNS)).to_parquet(path, index=False)

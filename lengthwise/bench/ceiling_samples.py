@@ -121,11 +121,11 @@ def _castillo_setup() -> tuple[LiveSetup, object, str]:
     """The roomy GPU deployment: RTX PRO 6000 tables, Llama-3.1-8B, plain vLLM's 256 slots."""
     from lengthwise.common.paths import shared_dir
     from server.policy import EngineQueueMode
-    from simulator.latency import RTX_PRO_6000_KV_TOKENS_EARLIER, RTX_PRO_6000_TABLES
+    from simulator.latency import RTX_PRO_6000_KV_TOKENS, RTX_PRO_6000_TABLES
     from simulator.replica import EngineConfig
 
     tables = shared_dir() / RTX_PRO_6000_TABLES
-    engine = EngineConfig(kv_cache_tokens=RTX_PRO_6000_KV_TOKENS_EARLIER,
+    engine = EngineConfig(kv_cache_tokens=RTX_PRO_6000_KV_TOKENS,
                           queue_mode=EngineQueueMode.PRIORITY)
     setup = LiveSetup(engine=engine, max_model_len=32_768, admission_max_sequences=None,
                       client_arrivals=ClientArrivals.BURST)

@@ -1,8 +1,12 @@
 """``lengthwise bench ...``: every benchmark and experiment, in one place.
 
-Conventions shared by every command: ``--worker URL`` is a running vLLM worker (without
-it, commands that need one start a local vLLM CPU worker for the run and stop it after);
-``--output PATH`` is the JSON report (a plot, where there is one, goes beside it as .png).
+Conventions shared by every command (and by ``simulate`` and ``profile``): ``--worker URL``
+is a running vLLM worker's base URL (without it, commands that need one start a local vLLM
+CPU worker for the run and stop it after); ``--output PATH`` is the JSON report, by default
+``reports/<name>.json`` under the current directory; a plot, where there is one, goes
+beside it as .png (``--plot/--no-plot``). Inputs that name committed files (``--cost-model``,
+``--from-samples``) are found from the project root when not found from the current
+directory.
 """
 
 from __future__ import annotations
@@ -15,8 +19,9 @@ import typer
 
 from lengthwise.common.cpu_worker import CPU_BLOCK_SIZE
 from lengthwise.common.edt_params import DEFAULT_N as EDT_DEFAULT_N
+from lengthwise.common.paths import project_file, report_path
 from server.policy import PolicyConfig
-from simulator.latency import RTX_PRO_6000_KV_TOKENS_EARLIER
+from simulator.latency import RTX_PRO_6000_KV_TOKENS
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 
@@ -57,7 +62,7 @@ def live(
     aging_s_per_token: float = typer.Option(PolicyConfig().aging_s_per_token,
                                             help="sjf-aged aging rate."),
     seed: int = typer.Option(1234),
-    output: Output = Path("reports/live_bench.json"),
+    output: Output = report_path("live_bench.json"),
 ) -> None:
     """Plain vLLM vs gateway fcfs vs gateway sjf on real prompts, one run of each arm."""
     from lengthwise.bench.live import Workload, run_live_bench
@@ -76,9 +81,9 @@ def live(
 @app.command()
 def peer(
     worker: Annotated[str | None, typer.Option(
-        "--worker", help="A running vLLM worker: the gateway is `lengthwise serve --worker "
-        "URL`. Default: `lengthwise serve` with its own local worker, as a user runs it.")
-    ] = None,
+        "--worker", help="A running vLLM worker's base URL; default: start a local one "
+        "(`lengthwise serve` with its own worker, as a user runs it). With one, the gateway "
+        "is `lengthwise serve --worker URL`.")] = None,
     model: Model = None,
     tokenizer: str | None = typer.Option(
         None, help="Tokenizer for vllm bench (default: the local SmolLM2 model folder)."),
@@ -94,7 +99,7 @@ def peer(
         None, help="Memory-bound scenario: start a local worker with this many KV blocks "
         f"({CPU_BLOCK_SIZE} tokens each on CPU) and put `lengthwise serve --worker URL` in front of it "
         "(its slots then learned, as for any remote worker)."),
-    output: Output = Path("reports/peer.json"),
+    output: Output = report_path("peer.json"),
 ) -> None:
     """The gateway vs its own worker directly, driven by `vllm bench serve`: burst and
     Poisson, A B / B A rounds, greedy decoding; writes a JSON report and a plot."""
@@ -127,7 +132,7 @@ def overhead(
     model: Model = None,
     samples: int = typer.Option(200, help="Request rounds (one request to each target)."),
     proxy_floor: bool = typer.Option(True, help="Also measure a minimal byte-forwarding proxy."),
-    output: Output = Path("reports/gateway_overhead.json"),
+    output: Output = report_path("gateway_overhead.json"),
 ) -> None:
     """Latency the gateway (and a bare proxy) adds per request at low load."""
     from lengthwise.bench.overhead import measure_overhead
@@ -147,7 +152,7 @@ def soak(
     max_tokens: int = typer.Option(64, help="max_tokens of every request."),
     max_sequences: int | None = typer.Option(
         None, help="A hand-set gateway cap per worker (default: the gateway's admission)."),
-    output: Output = Path("reports/soak.json"),
+    output: Output = report_path("soak.json"),
 ) -> None:
     """The gateway at 80% of capacity for a long time: errors and the RSS slope."""
     from lengthwise.bench.soak import SoakSettings, run_soak
@@ -164,7 +169,9 @@ def soak(
 def online(
     profile: Path = typer.Argument(..., help="Profile run folder of the served model."),
     mode: str = typer.Option("replay", help="replay (no worker) or live (gateway + worker)."),
-    worker: Worker = None,
+    worker: Annotated[str | None, typer.Option(
+        "--worker", help="A running vLLM worker's base URL; default: start a local one. "
+        "Live mode only.")] = None,
     requests: int = typer.Option(1000, min=10),
     window: int = typer.Option(200, min=10, help="Requests per rolling window."),
     refit_every: int = typer.Option(100, min=10),
@@ -172,13 +179,15 @@ def online(
     max_tokens: int = typer.Option(256, help="live: max_tokens of every request."),
     seed: int = typer.Option(0),
     seeds: int = typer.Option(5, min=1, help="replay: streams seed, seed+1, ..."),
-    output: Output = Path("reports/online_learning_bench.json"),
+    output: Output = report_path("online_learning_bench.json"),
 ) -> None:
     """Online learning from a cold start: rolling tau (and sjf latency, live)."""
     from lengthwise.bench.online_learning import live as live_run
     from lengthwise.bench.online_learning import replay, write_report
     from lengthwise.worker.process import worker_for
 
+    if mode == "replay" and worker:
+        raise typer.BadParameter("--worker is for --mode live; replay needs no worker")
     if mode == "replay":
         report = replay(profile, requests, window, range(seed, seed + seeds), refit_every)
     elif mode == "live":
@@ -208,8 +217,8 @@ def edt_quality(
     edt_theta: str = typer.Option("0.5,1.5", help="EDT theta values."),
     edt_n: float = typer.Option(EDT_DEFAULT_N, help="EDT base N."),
     seed: int = typer.Option(0),
-    output: Output = Path("reports/edt_quality.json"),
-    plot: bool = typer.Option(True, help="Write the PNG plot beside the report."),
+    output: Output = report_path("edt_quality.json"),
+    plot: bool = typer.Option(True, help="Write the PNG plot beside --output."),
 ) -> None:
     """Quality (ROUGE-L), diversity (Self-BLEU) and length of EDT vs fixed temperature."""
     from lengthwise.bench.edt_quality import build_grid, evaluate, write_report
@@ -238,7 +247,7 @@ def edt_cost(
     concurrency: int = typer.Option(32),
     rounds: int = typer.Option(2, help="ABBA rounds (fixed, EDT, EDT, fixed)."),
     theta: float = typer.Option(1.0),
-    output: Output = Path("reports/edt_cost.json"),
+    output: Output = report_path("edt_cost.json"),
 ) -> None:
     """Tokens/s with EDT on every request vs the same requests at fixed temperature."""
     from lengthwise.bench.edt_cost import CostConfig, run_cost_benchmark
@@ -260,30 +269,46 @@ def edt_cost(
 @app.command()
 def ceiling(
     worker: Annotated[str | None, typer.Option(
-        "--worker", help="The worker to sample answers from (the bench worker).")] = None,
+        "--worker", help="A running vLLM worker's base URL; default: start a local one. "
+        "Answers are sampled from it (not with --castillo or --from-samples).")] = None,
     requests: int = typer.Option(96, help="Prompts in the burst."),
     max_tokens: int = typer.Option(256),
     samples: int = typer.Option(6, help="Answers sampled per prompt (>= 2)."),
     concurrency: int = typer.Option(16),
     admissions: str = typer.Option("16,8,4", help="Gateway admission limits to replay."),
     cost_model: Path = typer.Option(Path("reports/sim_calibration_cpu.json"),
-                                    help="The worker's calibrated cost model."),
+                                    help="The worker's calibrated cost model (a committed "
+                                    "file: found from the project root too)."),
     castillo: str | None = typer.Option(
         None, help="Rank CASTILLO's held-out answers of this model (e.g. Llama-3.1-8B) on "
         "the simulated GPU instead of sampling a worker."),
     from_samples: Path | None = typer.Option(
         None, help="Reuse the answers of an earlier report instead of sampling."),
-    output: Output = Path("reports/sjf_ceiling.json"),
+    output: Output = report_path("sjf_ceiling.json"),
 ) -> None:
     """The best mean E2E any request-only predictor could reach on the bench's bursts."""
+    import contextlib
+
     from lengthwise.bench.ceiling_samples import run_ceiling
+    from lengthwise.worker.process import worker_for
 
     if samples < 2:
         raise typer.BadParameter("--samples must be at least 2 (the prompt mean leaves one out)")
-    run_ceiling(worker=worker, output=output, requests=requests, max_tokens=max_tokens,
-                samples_per_prompt=samples, concurrency=concurrency,
-                admissions=_ints(admissions), cost_model=cost_model, castillo=castillo,
-                from_samples=from_samples)
+    if worker and (castillo or from_samples):
+        raise typer.BadParameter("--worker samples answers; --castillo and --from-samples "
+                                 "bring their own")
+    cost_model = project_file(cost_model)
+    from_samples = project_file(from_samples) if from_samples else None
+    for given in (cost_model, from_samples):
+        if given is not None and not given.is_file():
+            raise typer.BadParameter(f"{given}: no such file (here or in the project)")
+    sampling = not (castillo or from_samples)
+    with (worker_for(worker, None, say=typer.echo) if sampling
+          else contextlib.nullcontext((None, None))) as (url, _served):
+        run_ceiling(worker=url, output=output, requests=requests, max_tokens=max_tokens,
+                    samples_per_prompt=samples, concurrency=concurrency,
+                    admissions=_ints(admissions), cost_model=cost_model, castillo=castillo,
+                    from_samples=from_samples)
     typer.echo(f"wrote {output}")
 
 
@@ -295,8 +320,8 @@ def sim_speed(
     trace: Path | None = typer.Option(None, help="Default: the shared azure2023_conv.csv."),
     cost_model: Path | None = typer.Option(None, help="Default: the RTX PRO 6000 tables."),
     num_layers: int = typer.Option(32),
-    kv_cache_tokens: int = typer.Option(RTX_PRO_6000_KV_TOKENS_EARLIER),
-    output: Output = Path("reports/sim_speed.json"),
+    kv_cache_tokens: int = typer.Option(RTX_PRO_6000_KV_TOKENS),
+    output: Output = report_path("sim_speed.json"),
 ) -> None:
     """Replay the whole Azure 2023 conv trace on one simulated worker: wall and CPU time."""
     from lengthwise.bench.sim_speed import speed_benchmark
@@ -323,7 +348,7 @@ def ablation(
     data: Path | None = typer.Option(None, help="CASTILLO file or folder (default: shared)."),
     minilm: bool = typer.Option(True, help="Include the MiniLM feature set ('embeddings' extra)."),
     latency_requests: int = typer.Option(300),
-    output: Output = Path("reports/predictor_ablation.json"),
+    output: Output = report_path("predictor_ablation.json"),
 ) -> None:
     """What each feature group and mean objective buys (tau, MAE, mean bias per corpus,
     latency), out of fold on the validation folds; the test split is never read."""
@@ -340,7 +365,7 @@ def second_stage(
     artifact: Path | None = typer.Option(None, help="First-stage artifact with a trained "
                                                     "second_stage/ (default: the default one)."),
     latency_requests: int = typer.Option(300),
-    output: Output = Path("reports/predictor_second_stage.json"),
+    output: Output = report_path("predictor_second_stage.json"),
 ) -> None:
     """The optional second stage (MiniLM + LightGBM) vs the first on the test split, and its
     cost per batch of queued requests (batches of 1, 8, 32)."""

@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from lengthwise.common.files import write_json_report
+from lengthwise.common.paths import report_path
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, invoke_without_command=True,
                   help="Profile a served model CASTILLO-style: "
@@ -18,7 +19,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, invoke_without_com
 @app.callback()
 def profile(
     ctx: typer.Context,
-    worker: str | None = typer.Option(None, help="OpenAI-compatible base URL of the served model, e.g. http://127.0.0.1:8100"),
+    worker: str | None = typer.Option(None, help="A running vLLM worker's base URL (any OpenAI-compatible server), e.g. http://127.0.0.1:8100; required to profile"),
     model: str | None = typer.Option(None, help="Served model name"),
     prompts: list[Path] = typer.Option([], "--prompts", help="Prompt files (JSON/JSONL instruction records, CASTILLO parquet, text); repeat or list several"),
     samples: int = typer.Option(10, min=1, help="Completions per prompt"),
@@ -35,7 +36,8 @@ def profile(
     if ctx.invoked_subcommand is not None:
         return
     if not (worker and model and prompts and output):
-        raise typer.BadParameter("--worker, --model, --prompts and --output are required")
+        raise typer.UsageError("profiling needs --worker, --model, --prompts and --output "
+                               "(or a subcommand: report, evaluate, train)")
     from predictor.profiling.prompt_files import read_prompt_files
     from predictor.profiling.rows import DecodingSettings
     from predictor.profiling.run import RunConfig, profile_prompts
@@ -79,10 +81,11 @@ def _expand(paths: list[Path]) -> list[Path]:
 def report(
     directory: Path = typer.Argument(..., help="Profile run folder (or a rows.jsonl file)"),
     output: Path | None = typer.Option(None, help="Summary JSON (default DIR/report/summary.json)"),
-    plots: bool = typer.Option(True, help="Write PNG plots under DIR/report/"),
+    plot: bool = typer.Option(True, "--plot/--no-plot", help="Write the PNG plots beside --output (the bench extra)"),
     castillo: Path | None = typer.Option(None, help="CASTILLO file or folder (default: the shared copy)"),
 ) -> None:
     """CASTILLO's per-model analysis of a profile, beside CASTILLO's 13 models."""
+    from lengthwise.common.extras import plotting_available
     from predictor.profiling.report import build_report, write_plots
 
     summary = build_report(directory, castillo)
@@ -90,8 +93,9 @@ def report(
     target = output or folder / "summary.json"
     target.parent.mkdir(parents=True, exist_ok=True)
     write_json_report(target, summary)
-    if plots and summary["served_model"].get("prompts", 1):
-        for path in write_plots(directory, folder, castillo):
+    if (plot and summary["served_model"].get("prompts", 1)
+            and plotting_available(lambda line: typer.echo(line, err=True))):
+        for path in write_plots(directory, target.parent, castillo):
             typer.echo(f"plot: {path}")
     typer.echo(json.dumps(summary["served_model"], indent=2))
     typer.echo(f"wrote {target}")
@@ -100,16 +104,15 @@ def report(
 @app.command("evaluate")
 def evaluate(
     directory: Path = typer.Argument(..., help="Profile run folder of the served model"),
-    output: Path | None = typer.Option(None, help="Report JSON (default reports/served_model_eval.json)"),
+    output: Path = typer.Option(report_path("served_model_eval.json"), help="JSON report"),
     castillo: Path | None = typer.Option(None, help="CASTILLO file or folder (default: the shared copy)"),
     test_fraction: float = typer.Option(0.3, min=0.05, max=0.9, help="Held-out share of the profile's prompts"),
 ) -> None:
     """Kendall tau and MAE on held-out served-model prompts: CASTILLO only, profile only, both."""
-    from lengthwise.common.paths import reports_dir
     from predictor.profiling.served_eval import evaluate_served_model
 
     result = evaluate_served_model(directory, castillo, test_fraction)
-    target = output or reports_dir() / "served_model_eval.json"
+    target = output
     target.parent.mkdir(parents=True, exist_ok=True)
     write_json_report(target, result)
     typer.echo(json.dumps({k: result[k] for k in ("settings", "data")}, indent=2))

@@ -35,7 +35,7 @@ def test_run_writes_json_and_per_request(tmp_path, trace, linear):
     result = CliRunner().invoke(app, [
         str(trace), "--cost-model", str(linear), "--max-num-seqs", "16",
         "--max-num-batched-tokens", "512", "--kv-cache-tokens", "8192", "--block-size", "16",
-        "--workers", "2", "--policy", "sjf", "--predictions", "oracle", "--output", str(out),
+        "--engines", "2", "--policy", "sjf", "--predictions", "oracle", "--output", str(out),
         "--per-request", str(rows),
     ])
     assert result.exit_code == 0, result.output
@@ -86,7 +86,7 @@ def test_sweep_writes_report_and_plot(tmp_path, trace, linear):
     result = CliRunner().invoke(app, [
         str(trace), "--cost-model", str(linear), "--max-num-seqs", "8",
         "--sweep-rate", "0.5,0.9", "--policies", "fcfs,sjf",
-        "--sweep-predictions", "oracle-noise,oracle", "--output", str(out), "--plot", str(png),
+        "--sweep-predictions", "oracle-noise,oracle", "--output", str(out), "--plot",
     ])
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
