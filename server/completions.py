@@ -73,16 +73,7 @@ class CompletionService:
         arrival = self.clock()
         # Stamped with ``arrival``: every logged duration (ttft_s, e2e_s) counts from here.
         arrival_unix = time.time()
-        if self.dispatcher.draining:
-            raise draining_error()
-        check_limits(self.cfg, parsed)
-        if not self.pool.healthy_ids():
-            raise no_worker_error()
-        if parsed.model not in self.pool.served_models():
-            raise GatewayError(404, f"The model `{parsed.model}` does not exist.",
-                               param="model", code="model_not_found")
-        if not self.pool.healthy_ids(parsed.model):
-            raise no_worker_error()  # its workers are all out of rotation for now
+        self._check_acceptable(parsed)
         ticket = self._ticket(endpoint, parsed, arrival, arrival_unix)
         # With nothing queued and a running slot free, the prediction cannot change where
         # or when the request runs: take the slot now, dispatch, and predict once the
@@ -123,6 +114,25 @@ class CompletionService:
             return await self._client_left(ticket, work, predicting, handed_over)
         gone.cancel()
         await asyncio.gather(gone, return_exceptions=True)
+        return await self._respond(ticket, work, predicting)
+
+    def _check_acceptable(self, parsed: Parsed) -> None:
+        """Refuse at once what no worker could serve now (OpenAI-format errors)."""
+        if self.dispatcher.draining:
+            raise draining_error()
+        check_limits(self.cfg, parsed)
+        if not self.pool.healthy_ids():
+            raise no_worker_error()
+        if parsed.model not in self.pool.served_models():
+            raise GatewayError(404, f"The model `{parsed.model}` does not exist.",
+                               param="model", code="model_not_found")
+        if not self.pool.healthy_ids(parsed.model):
+            raise no_worker_error()  # its workers are all out of rotation for now
+
+    async def _respond(self, ticket: Ticket, work: asyncio.Future,
+                       predicting: DeferredPrediction) -> Response:
+        """The client's response once the attempts are over: the answer, its stream, or
+        the error; each accounted for."""
         try:
             lease, outcome = work.result()
         except GatewayError as err:
