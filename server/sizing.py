@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
 from predictor.types import LengthPrediction, LengthPredictor, PromptOrMessages
-from server.policy import PointEstimate, QueuedRequest
+from server.policy import PointEstimate, QueuedRequest, predicted_size
 from server.schemas import ChatCompletionRequest, CompletionRequest
 
 Parsed = ChatCompletionRequest | CompletionRequest
@@ -69,8 +69,10 @@ class RequestSizer:
     def sized(self, queued: QueuedRequest, prediction: LengthPrediction, point: float,
               n: int) -> QueuedRequest:
         """``queued`` with its predicted sizes."""
+        # A broken p90 (NaN, inf) would poison a worker's in-flight KV sum for good.
+        p90 = prediction.p90 * n if math.isfinite(prediction.p90) else predicted_size(point)
         return replace(queued, predicted_tokens=point,
-                       kv_tokens=queued.prompt_tokens + prediction.p90 * n)
+                       kv_tokens=queued.prompt_tokens + p90)
 
     def prompt_tokens(self, parsed: Parsed) -> int:
         chars, token_ids = parsed.prompt_size()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import random
 
 import pytest
@@ -301,3 +302,20 @@ def test_the_size_counts_the_prompt_by_its_weight():
     q.push(QueuedRequest("long-prompt", 0.0, 10.0, prompt_tokens=2000))  # size 30
     q.push(QueuedRequest("short-prompt", 1.0, 20.0, prompt_tokens=10))  # size 20.1
     assert drain(q) == ["short-prompt", "long-prompt"]
+
+
+@pytest.mark.parametrize("broken", [float("nan"), float("inf")])
+def test_a_broken_p90_leaves_the_kv_accounting_finite(broken):
+    from predictor.types import LengthPrediction
+    from server.policy import PointEstimate
+    from server.sizing import RequestSizer
+
+    sizer = RequestSizer(predictor=None, point_estimate=PointEstimate.MEAN,
+                         predict_in_thread=False)
+    queued = QueuedRequest("r", 0.0, 1.0, prompt_tokens=100)
+    sized = sizer.sized(queued, LengthPrediction(mean=50.0, p50=40.0, p90=broken), 50.0, 1)
+    assert math.isfinite(sized.kv_tokens) and sized.kv_tokens > 100
+    other = QueuedRequest("o", 0.0, 10.0, prompt_tokens=20, kv_tokens=30.0)
+    load = WorkerLoad("w", True, 0, 0.0).plus(other).plus(sized)
+    assert math.isfinite(load.in_flight_kv_tokens)
+    assert load.minus(sized).in_flight_kv_tokens == pytest.approx(30.0)
