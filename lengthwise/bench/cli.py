@@ -17,10 +17,17 @@ from typing import Annotated
 
 import typer
 
+from lengthwise.bench.settings import (
+    PEER_POISSON_RATE,
+    PEER_REQUESTS,
+    CostConfig,
+    PeerSettings,
+    SoakSettings,
+    Workload,
+)
 from lengthwise.common.cpu_worker import CPU_BLOCK_SIZE
 from lengthwise.common.edt_params import DEFAULT_N as EDT_DEFAULT_N
 from lengthwise.common.paths import project_file, report_path
-from server.policy import PolicyConfig
 from simulator.latency import RTX_PRO_6000_KV_TOKENS
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
@@ -52,16 +59,17 @@ def _echo_json(data: object) -> None:
 def live(
     worker: Worker = None,
     model: Model = None,
-    requests: int = typer.Option(160, help="Requests per arm."),
-    arrivals: str = typer.Option("poisson", help="poisson or burst."),
-    rate: float = typer.Option(2.0, help="Poisson arrival rate (requests/s)."),
-    max_tokens: int = typer.Option(256, help="max_tokens of every request."),
+    requests: int = typer.Option(Workload.num_requests, help="Requests per arm."),
+    arrivals: str = typer.Option(Workload.arrivals, help="poisson or burst."),
+    rate: float = typer.Option(Workload.rate_per_s, help="Poisson arrival rate (requests/s)."),
+    max_tokens: int = typer.Option(Workload.max_tokens, help="max_tokens of every request."),
     max_sequences: int | None = typer.Option(
         None, help="A hand-set gateway cap per worker (default: the gateway's admission)."),
-    sjf_policy: str = typer.Option("sjf-aged", help="Policy of the sjf arm: sjf or sjf-aged."),
-    aging_s_per_token: float = typer.Option(PolicyConfig().aging_s_per_token,
+    sjf_policy: str = typer.Option(Workload.sjf_policy,
+                                   help="Policy of the sjf arm: sjf or sjf-aged."),
+    aging_s_per_token: float = typer.Option(Workload.aging_s_per_token,
                                             help="sjf-aged aging rate."),
-    seed: int = typer.Option(1234),
+    seed: int = typer.Option(Workload.seed),
     output: Output = report_path("live_bench.json"),
 ) -> None:
     """Plain vLLM vs gateway fcfs vs gateway sjf on real prompts, one run of each arm."""
@@ -87,11 +95,11 @@ def peer(
     model: Model = None,
     tokenizer: str | None = typer.Option(
         None, help="Tokenizer for vllm bench (default: the local SmolLM2 model folder)."),
-    requests: int = typer.Option(200, help="Requests per run."),
-    rate: float = typer.Option(3.5, help="Poisson scenario: requests per second."),
+    requests: int = typer.Option(PEER_REQUESTS, help="Requests per run."),
+    rate: float = typer.Option(PEER_POISSON_RATE, help="Poisson scenario: requests per second."),
     scenarios: str = typer.Option("burst,poisson", help="Which scenarios to run."),
-    rounds: int = typer.Option(3, min=1, help="A B / B A rounds per scenario."),
-    seed: int = typer.Option(0),
+    rounds: int = typer.Option(PeerSettings.rounds, min=1, help="A B / B A rounds per scenario."),
+    seed: int = typer.Option(PeerSettings.seed),
     gateway_setting: list[str] = typer.Option(
         [], "--gateway-setting", help="A gateway setting NAME=VALUE (JSON value) on top "
         "of the defaults, e.g. kv_budget=0.8; repeat for several."),
@@ -146,10 +154,12 @@ def overhead(
 def soak(
     worker: Worker = None,
     model: Model = None,
-    duration_s: float = typer.Option(1800.0, help="Soak length in seconds."),
-    load_fraction: float = typer.Option(0.8, help="Offered load as a fraction of capacity."),
-    calibrate_s: float = typer.Option(60.0, help="Capacity calibration length."),
-    max_tokens: int = typer.Option(64, help="max_tokens of every request."),
+    duration_s: float = typer.Option(SoakSettings.duration_s, help="Soak length in seconds."),
+    load_fraction: float = typer.Option(SoakSettings.load_fraction,
+                                        help="Offered load as a fraction of capacity."),
+    calibrate_s: float = typer.Option(SoakSettings.calibrate_s,
+                                      help="Capacity calibration length."),
+    max_tokens: int = typer.Option(SoakSettings.max_tokens, help="max_tokens of every request."),
     max_sequences: int | None = typer.Option(
         None, help="A hand-set gateway cap per worker (default: the gateway's admission)."),
     output: Output = report_path("soak.json"),
@@ -242,11 +252,11 @@ def edt_quality(
 def edt_cost(
     worker: Worker = None,
     model: Model = None,
-    requests: int = typer.Option(48, help="Requests per run."),
-    max_tokens: int = typer.Option(128, help="Tokens per request (ignore_eos)."),
-    concurrency: int = typer.Option(32),
-    rounds: int = typer.Option(2, help="ABBA rounds (fixed, EDT, EDT, fixed)."),
-    theta: float = typer.Option(1.0),
+    requests: int = typer.Option(CostConfig.requests, help="Requests per run."),
+    max_tokens: int = typer.Option(CostConfig.max_tokens, help="Tokens per request (ignore_eos)."),
+    concurrency: int = typer.Option(CostConfig.concurrency),
+    rounds: int = typer.Option(CostConfig.rounds, help="ABBA rounds (fixed, EDT, EDT, fixed)."),
+    theta: float = typer.Option(CostConfig.theta),
     output: Output = report_path("edt_cost.json"),
 ) -> None:
     """Tokens/s with EDT on every request vs the same requests at fixed temperature."""

@@ -13,24 +13,12 @@ import os
 import platform
 import statistics
 import time
-from dataclasses import dataclass
 
 from lengthwise.bench.edt_workload import DOLLY_CATEGORIES, ChatJob, dolly_tasks, run_chat_jobs
-from lengthwise.common.edt_params import DEFAULT_N, N_KEY, THETA_KEY
+from lengthwise.bench.settings import CostConfig
+from lengthwise.common.edt_params import N_KEY, THETA_KEY
 
 TARGET_RATIO = 0.95
-
-
-@dataclass(frozen=True)
-class CostConfig:
-    requests: int = 48
-    max_tokens: int = 128
-    concurrency: int = 32
-    temperature: float = 1.0
-    theta: float = 1.0
-    n: float = DEFAULT_N
-    rounds: int = 2
-    seed: int = 0
 
 
 async def _arm(base_url: str, model: str, cfg: CostConfig, prompts: list[str], edt: bool) -> dict:

@@ -25,32 +25,12 @@ from typing import Any
 import httpx
 
 from lengthwise.bench.gateway_process import NO_TIMEOUTS, GatewayProcess
-from lengthwise.common.cpu_worker import LIVE_BENCH_TEMPERATURE, LIVE_BENCH_TOP_P
+from lengthwise.bench.settings import Workload
 from lengthwise.common.files import write_json_report
 from lengthwise.common.paths import shared_dir
 from lengthwise.worker.process import free_port
-from server.policy import PolicyConfig
 
 ARMS = ("vllm_direct", "gateway_fcfs", "gateway_sjf")
-
-
-@dataclass(frozen=True)
-class Workload:
-    num_requests: int = 160
-    #: "poisson" (rate below) or "burst" (all at t=0)
-    arrivals: str = "poisson"
-    rate_per_s: float = 2.0
-    max_tokens: int = 256
-    temperature: float = LIVE_BENCH_TEMPERATURE
-    top_p: float = LIVE_BENCH_TOP_P
-    seed: int = 1234
-    #: gateway admission limit (sequences in flight on the worker)
-    #: a hand-set gateway cap (``None``: the gateway's default admission)
-    max_sequences_per_worker: int | None = None
-    #: the gateway's sjf arm uses this policy (sjf-aged with the default aging)
-    sjf_policy: str = "sjf-aged"
-    aging_s_per_token: float = PolicyConfig().aging_s_per_token
-    point_estimate: str = "mean"
 
 
 @dataclass

@@ -32,6 +32,7 @@ from typing import Any
 
 import httpx
 
+from lengthwise.bench.settings import PeerScenario, PeerSettings
 from lengthwise.common.files import write_json_report
 from lengthwise.common.paths import shared_dir
 
@@ -41,26 +42,6 @@ TARGETS = {
               "e2e_p99": ("<=", 1.10)},
     "poisson": {"e2e_mean": ("<=", 1.02), "ttft_mean_minus_direct_ms": ("<=", 15.0)},
 }
-
-
-@dataclass(frozen=True)
-class PeerScenario:
-    name: str
-    #: requests per second; ``inf`` is a burst
-    request_rate: float
-    num_prompts: int
-
-
-@dataclass(frozen=True)
-class PeerSettings:
-    scenarios: tuple[PeerScenario, ...] = (
-        PeerScenario("burst", float("inf"), 200),
-        PeerScenario("poisson", 3.5, 200),
-    )
-    rounds: int = 3
-    seed: int = 0
-    #: cap on a reference answer's tokens (vLLM's ShareGPT loader drops prompt+output > 2048)
-    max_reference_tokens: int = 1024
 
 
 @dataclass

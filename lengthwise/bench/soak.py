@@ -28,23 +28,10 @@ import psutil
 
 from lengthwise.bench.gateway_process import GatewayProcess
 from lengthwise.bench.live import load_prompts, percentile
+from lengthwise.bench.settings import SoakSettings
 from lengthwise.common.files import write_json_report
 from lengthwise.common.paths import cache_dir
 from lengthwise.worker.process import free_port
-
-
-@dataclass(frozen=True)
-class SoakSettings:
-    duration_s: float = 1800.0
-    load_fraction: float = 0.8
-    calibrate_s: float = 60.0
-    max_tokens: int = 64
-    #: a hand-set gateway cap (``None``: the gateway's default admission)
-    max_sequences_per_worker: int | None = None
-    #: closed-loop clients that measure capacity (enough to keep the engine's batch full)
-    calibrate_clients: int = 96
-    sample_interval_s: float = 5.0
-    seed: int = 7
 
 
 @dataclass
