@@ -191,8 +191,8 @@ def _checkpoint(runs: list[_SeedRun], lo: int, n: int, cost_model: Path | None) 
     return out
 
 
-def replay(profile_dir: Path, requests: int = 1000, window: int = 200,
-           seeds: Sequence[int] = (0, 1, 2, 3, 4), refit_every: int = 100,
+def replay(profile_dir: Path, requests: int, window: int, seeds: Sequence[int],
+           refit_every: int,
            castillo_source: Path | None = None,
            cost_model: Path | None = DEFAULT_COST_MODEL) -> dict:
     from predictor.api import CastilloLengthPredictor, load_default_predictor
@@ -255,9 +255,8 @@ def _gauge(text: str, name: str, model: str) -> float | None:
     return float(match.group(1)) if match else None
 
 
-def live(profile_dir: Path, worker_url: str, requests: int = 1000, window: int = 100,
-         rate_per_s: float = 1.0, max_tokens: int = 256, seed: int = 0,
-         refit_every: int = 100) -> dict:
+def live(profile_dir: Path, worker_url: str, requests: int, window: int,
+         rate_per_s: float, max_tokens: int, seed: int, refit_every: int) -> dict:
     """Arms: online learning off, then on; same prompts, same arrivals, gateway sjf-aged."""
     import httpx
 
