@@ -36,7 +36,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from server.generation_probe import generated_so_far, probe_generation
+from server.engine_stats import scrape_engine_stats
+from server.generation_probe import probe_generation
 from server.outlier_detection import UNHEALTHY_AFTER_FAILED_PROBES, OutlierDetection
 from server.policy import EngineView, QueuedRequest, WorkerLoad, predicted_size
 
@@ -506,18 +507,22 @@ class WorkerMonitor:
         # A full engine makes the probe wait for a running slot (vLLM does not start a
         # waiting request, whatever its priority, while every slot is taken), so a probe
         # without its token proves a hang only if the engine generated nothing meanwhile.
-        before = await generated_so_far(self.client, url, self.health_timeout_s)
+        before = await self._generated_so_far(url)
         try:
             await probe_generation(self.client, url, list(worker.model_cards),
                                    self.stall_after_s, self.probe_priority)
         except _PROBE_ERRORS as exc:
-            after = await generated_so_far(self.client, url, self.health_timeout_s)
+            after = await self._generated_so_far(url)
             self.pool.report_stall_probe_failed(
                 url, f"no token from a one-token probe within {self.stall_after_s:g} s "
                 f"while requests waited on it ({exc!r})",
                 progressed=None if before is None or after is None else after > before)
             return
         self.pool.report_healthy(url, generated=True)
+
+    async def _generated_so_far(self, url: str) -> float | None:
+        stats = await scrape_engine_stats(self.client, url, self.health_timeout_s)
+        return None if stats is None else stats.generation_tokens
 
     async def start(self) -> None:
         """Discover and probe once (so the first request finds workers), then keep going."""

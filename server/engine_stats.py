@@ -37,17 +37,27 @@ class EngineStats:
     num_waiting: float | None = None
     #: KV cache capacity in tokens (``vllm:cache_config_info``: num_gpu_blocks x block_size)
     kv_capacity_tokens: float | None = None
+    #: tokens generated since start (a counter): it grows while the engine works
+    generation_tokens: float | None = None
 
     @classmethod
     def from_vllm_scrape(cls, text: str) -> EngineStats:
-        values = parse_samples(text, {KV_CACHE_USAGE, KV_CACHE_USAGE_LEGACY, RUNNING, WAITING})
+        values = parse_samples(text, {KV_CACHE_USAGE, KV_CACHE_USAGE_LEGACY, RUNNING, WAITING,
+                                      GENERATION_TOKENS})
         kv = values.get(KV_CACHE_USAGE, values.get(KV_CACHE_USAGE_LEGACY))
-        return cls(kv, values.get(RUNNING), values.get(WAITING), kv_capacity_tokens(text))
+        return cls(kv, values.get(RUNNING), values.get(WAITING), kv_capacity_tokens(text),
+                   values.get(GENERATION_TOKENS))
 
 
-def generation_tokens(text: str) -> float | None:
-    """The engine's generated-token counter from one scrape (``None``: not exported)."""
-    return parse_samples(text, {GENERATION_TOKENS}).get(GENERATION_TOKENS)
+async def scrape_engine_stats(client: httpx.AsyncClient, url: str,
+                              timeout_s: float) -> EngineStats | None:
+    """One scrape of a worker's ``/metrics``; ``None`` when it cannot be read."""
+    try:
+        resp = await client.get(f"{url}/metrics", timeout=timeout_s)
+        resp.raise_for_status()
+    except httpx.HTTPError:
+        return None
+    return EngineStats.from_vllm_scrape(resp.text)
 
 
 def kv_capacity_tokens(text: str) -> float | None:
@@ -197,12 +207,7 @@ class EngineStatsPoller:
         self._task: asyncio.Task[None] | None = None
 
     async def scrape(self, url: str) -> EngineStats | None:
-        try:
-            resp = await self.client.get(f"{url}/metrics", timeout=self.timeout_s)
-            resp.raise_for_status()
-        except httpx.HTTPError:
-            return None
-        return EngineStats.from_vllm_scrape(resp.text)
+        return await scrape_engine_stats(self.client, url, self.timeout_s)
 
     async def poll_once(self) -> None:
         urls = self.worker_urls()

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import httpx
 
-from server.engine_stats import generation_tokens
-
 #: vLLM ``priority`` of a probe (lower runs first): ahead of every request the gateway
 #: sends (client bands reach -10^6 x 10^12), within vLLM's 64-bit integers.
 PROBE_PRIORITY = -(2**62)
@@ -36,13 +34,3 @@ async def probe_generation(
     if not resp.json().get("choices"):
         raise ValueError("the probe completion has no choices")
 
-
-async def generated_so_far(client: httpx.AsyncClient, url: str, timeout_s: float) -> float | None:
-    """The worker's count of generated tokens (vLLM's ``/metrics``), or ``None`` when it
-    cannot be read: the sign that a busy engine still works while a probe waits."""
-    try:
-        resp = await client.get(f"{url}/metrics", timeout=timeout_s)
-        resp.raise_for_status()
-    except httpx.HTTPError:
-        return None
-    return generation_tokens(resp.text)

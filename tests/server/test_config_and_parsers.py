@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from server.config import describe_settings, load_config
-from server.engine_stats import EngineStats, generation_tokens, parse_samples
+from server.engine_stats import EngineStats, parse_samples
 
 VLLM_SCRAPE = """\
 # HELP vllm:kv_cache_usage_perc KV-cache usage. 1 means 100 percent usage.
@@ -29,10 +29,11 @@ def test_engine_stats_parse_a_vllm_scrape():
 
 
 def test_the_generated_token_counter_is_read_from_a_scrape():
-    assert generation_tokens(
+    assert EngineStats.from_vllm_scrape(
         'vllm:generation_tokens_total{engine="0",model_name="m"} 1234.0\n'
-        'vllm:generation_tokens_created{engine="0",model_name="m"} 1.7e9\n') == 1234.0
-    assert generation_tokens(VLLM_SCRAPE) is None
+        'vllm:generation_tokens_created{engine="0",model_name="m"} 1.7e9\n'
+    ).generation_tokens == 1234.0
+    assert EngineStats.from_vllm_scrape(VLLM_SCRAPE).generation_tokens is None
 
 
 def test_engine_stats_accept_the_legacy_name_and_missing_values():
