@@ -21,6 +21,7 @@ from lengthwise.bench.settings import (
     PEER_POISSON_RATE,
     PEER_REQUESTS,
     CostConfig,
+    PeerScenario,
     PeerSettings,
     SoakSettings,
     Workload,
@@ -73,7 +74,7 @@ def live(
     output: Output = report_path("live_bench.json"),
 ) -> None:
     """Plain vLLM vs gateway fcfs vs gateway sjf on real prompts, one run of each arm."""
-    from lengthwise.bench.live import Workload, run_live_bench
+    from lengthwise.bench.live import run_live_bench
     from lengthwise.worker.process import worker_for
 
     w = Workload(num_requests=requests, arrivals=arrivals, rate_per_s=rate,
@@ -111,7 +112,7 @@ def peer(
 ) -> None:
     """The gateway vs its own worker directly, driven by `vllm bench serve`: burst and
     Poisson, A B / B A rounds, greedy decoding; writes a JSON report and a plot."""
-    from lengthwise.bench.peer import PeerScenario, PeerSettings, measure
+    from lengthwise.bench.peer import measure
 
     chosen = {"burst": PeerScenario("burst", float("inf"), requests),
               "poisson": PeerScenario("poisson", rate, requests)}
@@ -165,7 +166,7 @@ def soak(
     output: Output = report_path("soak.json"),
 ) -> None:
     """The gateway at 80% of capacity for a long time: errors and the RSS slope."""
-    from lengthwise.bench.soak import SoakSettings, run_soak
+    from lengthwise.bench.soak import run_soak
     from lengthwise.worker.process import worker_for
 
     s = SoakSettings(duration_s=duration_s, load_fraction=load_fraction,
@@ -260,7 +261,7 @@ def edt_cost(
     output: Output = report_path("edt_cost.json"),
 ) -> None:
     """Tokens/s with EDT on every request vs the same requests at fixed temperature."""
-    from lengthwise.bench.edt_cost import CostConfig, run_cost_benchmark
+    from lengthwise.bench.edt_cost import run_cost_benchmark
     from lengthwise.common.files import write_json_report
     from lengthwise.worker.process import worker_for
 
